@@ -1,0 +1,1 @@
+"""The API boundary: the only package that speaks HTTP to the API server."""

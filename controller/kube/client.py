@@ -1,0 +1,235 @@
+"""The only code that speaks HTTP to the API server.
+
+Built on kubernetes-asyncio's ``Configuration`` (kubeconfig or in-cluster loading, token refresh hook)
+but with our own aiohttp session: plain dicts in and out (orjson), a timeout on every request, typed
+errors, and a raw watch reader that splits JSON lines itself (lines of several MiB are fine) instead of
+kubernetes-asyncio's ``Watch`` (which retries 410 with a stale RV and re-serialises every event).
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import anyio
+import orjson
+from kubernetes_asyncio import config as kube_config
+from kubernetes_asyncio.client import Configuration
+
+from .errors import ApiError, TransportError, WatchStalled, error_from_status
+
+__all__ = ["JsonObj", "KubeClient", "RequestHook", "load_configuration"]
+
+JsonObj = dict[str, Any]
+# (verb in upper case, HTTP code or "<error>", seconds) -> None; called once per request.
+RequestHook = Callable[[str, str, float], None]
+
+DEFAULT_TIMEOUT = 30.0
+_CONNECT_TIMEOUT = 10.0
+_USER_AGENT = "module-service-controller/0.1"
+
+
+async def load_configuration(kubeconfig: str | None = None, context: str | None = None) -> Configuration:
+    """Loads credentials: an explicit kubeconfig, else in-cluster, else ``$KUBECONFIG``/``~/.kube/config``
+    (controller-runtime's order)."""
+    cfg = Configuration()
+    if kubeconfig:
+        await kube_config.load_kube_config(
+            config_file=kubeconfig, context=context, client_configuration=cfg, persist_config=False
+        )
+        return cfg
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        kube_config.load_incluster_config(client_configuration=cfg)
+        return cfg
+    await kube_config.load_kube_config(context=context, client_configuration=cfg, persist_config=False)
+    return cfg
+
+
+def _ssl_context(cfg: Configuration) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
+    if cfg.cert_file:
+        ctx.load_cert_chain(cfg.cert_file, keyfile=cfg.key_file)
+    if not cfg.verify_ssl:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class KubeClient:
+    """Raw-dict API client. Use ``async with`` or call :meth:`close`."""
+
+    def __init__(
+        self,
+        configuration: Configuration,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        on_request: RequestHook | None = None,
+        max_connections: int = 100,
+        user_agent: str = _USER_AGENT,
+    ) -> None:
+        self.configuration = configuration
+        self.base_url = str(configuration.host).rstrip("/")
+        self.host = urlsplit(self.base_url).netloc
+        self.timeout = timeout
+        self.on_request = on_request
+        self._user_agent = user_agent
+        ssl_ctx: ssl.SSLContext | bool = (
+            _ssl_context(configuration) if self.base_url.startswith("https") else False
+        )
+        # trust_env=False: proxy variables meant for registries must never reroute API traffic.
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=max_connections, ssl=ssl_ctx),
+            trust_env=False,
+            json_serialize=lambda o: orjson.dumps(o).decode(),
+        )
+
+    async def __aenter__(self) -> KubeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def _headers(self, content_type: str | None) -> dict[str, str]:
+        headers = {"Accept": "application/json", "User-Agent": self._user_agent}
+        if content_type:
+            headers["Content-Type"] = content_type
+        auth = await self.configuration.auth_settings()
+        token = auth.get("BearerToken")
+        if token and token.get("value"):
+            headers["Authorization"] = str(token["value"])
+        return headers
+
+    def _observe(self, verb: str, code: str, started: float) -> None:
+        if self.on_request is not None:
+            self.on_request(verb, code, time.perf_counter() - started)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int | bool] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float | None = None,
+    ) -> JsonObj:
+        """One request with a hard total timeout; returns the decoded JSON body or raises a KubeError."""
+        verb = method.upper()
+        data = orjson.dumps(body) if body is not None else None
+        headers = await self._headers(content_type if data is not None else None)
+        query = _query(params)
+        started = time.perf_counter()
+        try:
+            async with self._session.request(
+                verb, self.base_url + path, params=query, data=data, headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout or self.timeout, sock_connect=_CONNECT_TIMEOUT),
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+                retry_after = _retry_after(resp.headers.get("Retry-After"))
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self._observe(verb, "<error>", started)
+            raise TransportError(f"{verb} {path}: {type(exc).__name__}: {exc}"[:300]) from exc
+        self._observe(verb, str(status), started)
+        decoded: Any = None
+        if raw:
+            try:
+                decoded = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                decoded = None
+        if status >= 300:
+            raise error_from_status(status, decoded, retry_after=retry_after)
+        return decoded if isinstance(decoded, dict) else {}
+
+    async def watch(
+        self,
+        path: str,
+        *,
+        params: Mapping[str, str | int | bool],
+        on_event: Callable[[JsonObj], None],
+        idle_timeout: float,
+        on_open: Callable[[], None] | None = None,
+    ) -> None:
+        """Streams a watch: calls ``on_event`` with each decoded event (including BOOKMARKs) until the
+        server ends the stream. ERROR events raise the matching ApiError (410 -> Gone); silence longer
+        than ``idle_timeout`` raises WatchStalled; a broken connection raises TransportError.
+
+        A callback, not an async generator: the inactivity deadline is a cancel scope, and yielding
+        from inside a cancel scope in an async generator corrupts anyio's scope stack.
+        """
+        headers = await self._headers(None)
+        query = _query({**params, "watch": True})
+        started = time.perf_counter()
+        stalled = False
+        try:
+            async with self._session.get(
+                self.base_url + path, params=query, headers=headers,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_TIMEOUT,
+                                              sock_read=None),
+            ) as resp:
+                self._observe("WATCH", str(resp.status), started)
+                if resp.status >= 300:
+                    raw = await resp.read()
+                    try:
+                        body = orjson.loads(raw) if raw else None
+                    except orjson.JSONDecodeError:
+                        body = None
+                    raise error_from_status(
+                        resp.status, body, retry_after=_retry_after(resp.headers.get("Retry-After"))
+                    )
+                if on_open is not None:
+                    on_open()
+                # bytearray + offsets: a 5 MiB line arriving in 64 KiB chunks stays linear.
+                buf = bytearray()
+                with anyio.CancelScope(deadline=anyio.current_time() + idle_timeout) as scope:
+                    async for chunk in resp.content.iter_any():
+                        scope.deadline = anyio.current_time() + idle_timeout
+                        search_from = len(buf)
+                        buf += chunk
+                        start = 0
+                        while (end := buf.find(b"\n", search_from)) != -1:
+                            if end > start:
+                                _dispatch(orjson.loads(buf[start:end]), on_event)
+                            start = search_from = end + 1
+                        if start:
+                            del buf[:start]
+                stalled = scope.cancelled_caught
+                if not stalled and bytes(buf).strip():
+                    _dispatch(orjson.loads(buf), on_event)
+        except ApiError:
+            raise
+        except (aiohttp.ClientError, TimeoutError, OSError, orjson.JSONDecodeError) as exc:
+            raise TransportError(f"WATCH {path}: {type(exc).__name__}: {exc}"[:300]) from exc
+        if stalled:
+            raise WatchStalled(f"no event or bookmark for {idle_timeout:.0f}s on {path}")
+
+
+def _dispatch(event: Any, on_event: Callable[[JsonObj], None]) -> None:
+    if not isinstance(event, dict):
+        return
+    if event.get("type") == "ERROR":
+        raise error_from_status(500, event.get("object"))
+    on_event(event)
+
+
+def _query(params: Mapping[str, str | int | bool] | None) -> dict[str, str]:
+    if not params:
+        return {}
+    return {k: ("true" if v is True else "false" if v is False else str(v)) for k, v in params.items()}
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

@@ -1,0 +1,331 @@
+"""A real local Kubernetes control plane: etcd + kube-apiserver + kube-controller-manager on loopback.
+
+No kubelet and no scheduler: tests create Pods and set their status themselves. Every process runs in
+its own session so ``up`` can return while they keep running; ``state.json`` in the directory records
+their pids so ``down`` (or the next ``up`` after a killed run) can stop them.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .certs import write_pki
+
+__all__ = ["ControlPlane", "ensure_binaries"]
+
+_HERE = Path(__file__).resolve().parent
+DEFAULT_CACHE = Path(os.environ.get("MSC_CACHE_DIR", Path.home() / ".cache" / "module-service-controller"))
+SERVICE_CIDR = "10.0.0.0/16"
+# Stop order: dependants first, so nothing logs storms of connection errors while we stop.
+_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager")
+
+
+def ensure_binaries(cache: Path = DEFAULT_CACHE) -> Path:
+    """Builds (once) and returns the directory holding etcd, kube-apiserver, kube-controller-manager and
+    kubectl. A cold build takes a while; later calls return at once."""
+    out = subprocess.run(
+        ["bash", str(_HERE / "build.sh"), str(cache / "controlplane")],
+        check=True, stdout=subprocess.PIPE, text=True,
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reap our own children so they do not linger as zombies
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _owned_by(pid: int, directory: Path) -> bool:
+    """True if ``pid`` is a process we started for ``directory`` (guards against recycled pids)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    return str(directory) in cmdline
+
+
+def _kill(pid: int, directory: Path, timeout: float = 15.0) -> None:
+    if not (_alive(pid) and _owned_by(pid, directory)):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@dataclass
+class ControlPlane:
+    directory: Path
+    bin_dir: Path | None = None
+    ports: dict[str, int] = field(default_factory=dict)
+    pids: dict[str, int] = field(default_factory=dict)
+
+    # ---------------------------------------------------------------- paths
+    @property
+    def kubeconfig(self) -> Path:
+        return self.directory / "kubeconfig"
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.ports['apiserver']}"
+
+    @property
+    def etcd_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['etcd']}"
+
+    def _state_file(self) -> Path:
+        return self.directory / "state.json"
+
+    def _pki(self, name: str) -> Path:
+        return self.directory / "pki" / name
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
+        assert self.bin_dir is not None
+        proc = subprocess.run(
+            [str(self.bin_dir / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input, capture_output=True, text=True, check=False, timeout=120,
+        )
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
+        return proc.stdout
+
+    # ---------------------------------------------------------------- lifecycle
+    @classmethod
+    def load(cls, directory: Path) -> ControlPlane:
+        directory = directory.resolve()
+        state = json.loads((directory / "state.json").read_text())
+        return cls(directory, Path(state["bin_dir"]), state["ports"], state["pids"])
+
+    def up(self, timeout: float = 180.0) -> None:
+        """Starts everything, waits until it serves, writes the kubeconfig. Cleans up a leftover state
+        directory from a killed run first."""
+        self.directory = self.directory.resolve()
+        if self._state_file().exists():
+            with contextlib.suppress(Exception):
+                ControlPlane.load(self.directory).down(remove=False)
+        if self.directory.exists():
+            for child in ("etcd", "pki", "logs", "state.json", "kubeconfig"):
+                path = self.directory / child
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / "logs").mkdir()
+        if self.bin_dir is None:
+            self.bin_dir = ensure_binaries()
+        write_pki(self.directory / "pki")
+        self.ports = {
+            "etcd": _free_port(), "etcd_peer": _free_port(), "apiserver": _free_port(),
+        }
+        self._write_kubeconfig()
+        try:
+            self.start("etcd")
+            self._wait_http(f"{self.etcd_url}/health", timeout)
+            self.start("kube-apiserver")
+            self.wait_ready(timeout)
+            self.start("kube-controller-manager")
+            self._wait_default_serviceaccount(timeout)
+        except BaseException:
+            self.down(remove=False)
+            raise
+
+    def down(self, *, remove: bool = False) -> None:
+        for name in reversed(_ORDER):
+            pid = self.pids.pop(name, None)
+            if pid:
+                _kill(pid, self.directory)
+        self._save()
+        if remove:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def start(self, name: str) -> None:
+        """Starts one component (also used by fault tests to restart the API server)."""
+        assert self.bin_dir is not None
+        args = {"etcd": self._etcd_args, "kube-apiserver": self._apiserver_args,
+                "kube-controller-manager": self._kcm_args}[name]()
+        log = (self.directory / "logs" / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            [str(self.bin_dir / name), *args], stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.directory,
+        )
+        log.close()
+        self.pids[name] = proc.pid
+        self._save()
+
+    def stop(self, name: str, *, sig: int = signal.SIGTERM) -> None:
+        pid = self.pids.pop(name, None)
+        if pid is None:
+            return
+        if sig == signal.SIGKILL:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        _kill(pid, self.directory)
+        self._save()
+
+    def running(self) -> dict[str, bool]:
+        return {name: _alive(pid) for name, pid in self.pids.items()}
+
+    # ---------------------------------------------------------------- readiness
+    def ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self._pki("ca.crt")))
+        ctx.load_cert_chain(str(self._pki("admin.crt")), str(self._pki("admin.key")))
+        return ctx
+
+    def request(self, path: str, method: str = "GET", body: Any = None, timeout: float = 10) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.server + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(req, context=self.ssl_context(), timeout=timeout) as resp:
+            raw = resp.read()
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw.decode()
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        last: object = None
+        while time.monotonic() < deadline:
+            self._check_started("kube-apiserver")
+            try:
+                if self.request("/readyz") == "ok":
+                    return
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                last = exc
+            time.sleep(0.2)
+        raise TimeoutError(f"kube-apiserver not ready after {timeout}s: {last}")
+
+    def _wait_http(self, url: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_started("etcd")
+            with contextlib.suppress(urllib.error.URLError, OSError):
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            time.sleep(0.1)
+        raise TimeoutError(f"{url} not healthy after {timeout}s")
+
+    def _wait_default_serviceaccount(self, timeout: float) -> None:
+        """The serviceaccount controller creating ``default/default`` proves the controller-manager runs."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_started("kube-controller-manager")
+            with contextlib.suppress(urllib.error.URLError, OSError):
+                self.request("/api/v1/namespaces/default/serviceaccounts/default")
+                return
+            time.sleep(0.2)
+        raise TimeoutError("kube-controller-manager did not create the default ServiceAccount")
+
+    def _check_started(self, name: str) -> None:
+        pid = self.pids.get(name)
+        if pid is None or not _alive(pid):
+            log = (self.directory / "logs" / f"{name}.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{name} exited during start-up; last log lines:\n{log}")
+
+    # ---------------------------------------------------------------- config
+    def _save(self) -> None:
+        if not self.directory.exists():
+            return
+        self._state_file().write_text(json.dumps(
+            {"bin_dir": str(self.bin_dir), "ports": self.ports, "pids": self.pids}, indent=2
+        ))
+
+    def _write_kubeconfig(self) -> None:
+        def b64(name: str) -> str:
+            return base64.b64encode(self._pki(name).read_bytes()).decode()
+
+        config = {
+            "apiVersion": "v1", "kind": "Config", "current-context": "local",
+            "clusters": [{"name": "local", "cluster": {
+                "server": self.server, "certificate-authority-data": b64("ca.crt")}}],
+            "users": [{"name": "admin", "user": {
+                "client-certificate-data": b64("admin.crt"), "client-key-data": b64("admin.key")}}],
+            "contexts": [{"name": "local", "context": {"cluster": "local", "user": "admin"}}],
+        }
+        # JSON is valid YAML; kubectl and kubernetes-asyncio both read it.
+        self.kubeconfig.write_text(json.dumps(config, indent=2))
+        self.kubeconfig.chmod(0o600)
+
+    def _etcd_args(self) -> list[str]:
+        peer = f"http://127.0.0.1:{self.ports['etcd_peer']}"
+        return [
+            "--name=local", f"--data-dir={self.directory / 'etcd'}",
+            f"--listen-client-urls={self.etcd_url}", f"--advertise-client-urls={self.etcd_url}",
+            f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=local={peer}", "--unsafe-no-fsync", "--log-level=error",
+            "--quota-backend-bytes=8589934592",
+        ]
+
+    def _apiserver_args(self) -> list[str]:
+        pki = self.directory / "pki"
+        return [
+            f"--etcd-servers={self.etcd_url}",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--secure-port={self.ports['apiserver']}",
+            f"--cert-dir={pki}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            "--authorization-mode=RBAC",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            "--api-audiences=https://kubernetes.default.svc.cluster.local",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            # Pods are created by tests in fresh namespaces; the ServiceAccount admission plugin would
+            # race the serviceaccount controller. OwnerReferencesPermissionEnforcement is on so the
+            # RBAC for blockOwnerDeletion (moduledeployments/finalizers) is really exercised.
+            "--disable-admission-plugins=ServiceAccount",
+            "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
+            "--allow-privileged=true", "--profiling=false", "--event-ttl=30m",
+            "--v=0",
+        ]
+
+    def _kcm_args(self) -> list[str]:
+        pki = self.directory / "pki"
+        return [
+            f"--kubeconfig={self.kubeconfig}",
+            "--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,"
+            "endpointslice-controller",
+            "--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=0",
+            "--use-service-account-credentials=false",
+            f"--service-account-private-key-file={pki / 'sa.key'}",
+            f"--root-ca-file={pki / 'ca.crt'}",
+            f"--cert-dir={pki}",
+            "--concurrent-gc-syncs=20", "--v=0",
+        ]
