@@ -44,7 +44,7 @@ async def load_configuration(kubeconfig: str | None = None, context: str | None 
         )
         return cfg
     if os.environ.get("KUBERNETES_SERVICE_HOST"):
-        kube_config.load_incluster_config(client_configuration=cfg)
+        kube_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
         return cfg
     await kube_config.load_kube_config(context=context, client_configuration=cfg, persist_config=False)
     return cfg

@@ -1,0 +1,146 @@
+"""Command line: ``module-service-controller`` / ``python -m controller`` (architecture §7).
+
+Every flag can also come from an environment variable ``MSC_<FLAG_IN_UPPER_SNAKE_CASE>`` (for example
+``MSC_LEADER_ELECT=true``); a flag on the command line wins. Bad input or an unreachable API server
+prints one line to stderr and exits non-zero, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from .config import Config, ConfigError
+from .run import run
+
+__all__ = ["main", "parse_args"]
+
+EXIT_CONFIG = 2
+EXIT_RUNTIME = 1
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def _duration(value: str) -> float:
+    m = _DURATION.match(value.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"invalid duration {value!r} (use e.g. 15s, 500ms, 2m)")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def _bool(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean {value!r}")
+
+
+def _positive_int(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {value!r}") from None
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One clear line instead of usage + error (kubebuilder binaries print one line too).
+        self.exit(EXIT_CONFIG, f"{self.prog}: error: {message}\n")
+
+
+# (flag, type, default, help); a None type means a boolean flag.
+_FLAGS: list[tuple[str, Any, Any, str]] = [
+    ("kubeconfig", str, None, "path to a kubeconfig (default: in-cluster, then $KUBECONFIG or ~/.kube/config)"),
+    ("workers", _positive_int, 4, "concurrent reconciles"),
+    ("leader-elect", None, False, "elect a leader through a Lease; only the leader reconciles"),
+    ("leader-elect-namespace", str, None, "namespace of the Lease (default: the pod's namespace, else default)"),
+    ("leader-elect-name", str, "module-service-controller", "name of the Lease"),
+    ("leader-elect-lease-duration", _duration, 15.0, "how long a Lease is valid without renewal"),
+    ("leader-elect-renew-deadline", _duration, 10.0, "how long the leader retries renewing before it gives up"),
+    ("leader-elect-retry-period", _duration, 2.0, "time between acquire/renew attempts"),
+    ("metrics-bind-address", str, ":8080", "address of /metrics; 0 disables it"),
+    ("metrics-secure", None, False, "serve /metrics over HTTPS with TokenReview/SubjectAccessReview"),
+    ("metrics-cert-dir", str, None, "directory with tls.crt and tls.key for secure metrics (default: self-signed)"),
+    ("health-probe-bind-address", str, ":8081", "address of /healthz and /readyz; 0 disables them"),
+    ("module-label-prefix", str, "module.koupleless.alipay.com/", "prefix of the Pod label that marks a module"),
+    ("log-level", str, "info", "debug, info, warning or error"),
+    ("log-format", str, "json", "json or console"),
+    ("watch-idle-timeout", _duration, 70.0, "drop a watch after this long without any event or bookmark"),
+    ("cache-sync-timeout", _duration, 120.0, "give up if the caches do not sync within this time"),
+    ("shutdown-timeout", _duration, 25.0, "how long SIGTERM waits for in-flight reconciles"),
+]
+
+
+def _env_name(flag: str) -> str:
+    return "MSC_" + flag.upper().replace("-", "_")
+
+
+def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) -> argparse.Namespace:
+    env = dict(os.environ if env is None else env)
+    parser = _Parser(prog="module-service-controller",
+                     description="Gives Koupleless ModuleDeployments their module Service.")
+    for flag, typ, flag_default, help_ in _FLAGS:
+        default = flag_default
+        env_value = env.get(_env_name(flag))
+        if typ is None:
+            if env_value is not None:
+                try:
+                    default = _bool(env_value)
+                except argparse.ArgumentTypeError as exc:
+                    parser.error(f"{_env_name(flag)}: {exc}")
+            parser.add_argument(f"--{flag}", nargs="?", const=True, default=default, type=_bool,
+                                help=f"{help_} (env {_env_name(flag)})")
+        else:
+            if env_value is not None:
+                try:
+                    default = typ(env_value)
+                except (argparse.ArgumentTypeError, ValueError) as exc:
+                    parser.error(f"{_env_name(flag)}: {exc}")
+            parser.add_argument(f"--{flag}", type=typ, default=default, help=f"{help_} (env {_env_name(flag)})")
+    env_ns = [n for n in env.get("MSC_NAMESPACE", "").split(",") if n.strip()]
+    parser.add_argument("--namespace", action="append", default=None,
+                        help="namespace to serve; repeatable; default all (env MSC_NAMESPACE, comma-separated)")
+    args = parser.parse_args(argv)
+    if args.namespace is None:
+        args.namespace = env_ns
+    return args
+
+
+def _pod_namespace() -> str | None:
+    try:
+        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = Config(
+            kubeconfig=args.kubeconfig, namespaces=tuple(args.namespace), workers=args.workers,
+            leader_elect=args.leader_elect,
+            leader_elect_namespace=args.leader_elect_namespace or _pod_namespace() or "default",
+            leader_elect_name=args.leader_elect_name,
+            lease_duration=args.leader_elect_lease_duration, renew_deadline=args.leader_elect_renew_deadline,
+            retry_period=args.leader_elect_retry_period, metrics_bind_address=args.metrics_bind_address,
+            metrics_secure=args.metrics_secure, metrics_cert_dir=args.metrics_cert_dir,
+            health_probe_bind_address=args.health_probe_bind_address,
+            module_label_prefix=args.module_label_prefix, log_level=args.log_level, log_format=args.log_format,
+            watch_idle_timeout=args.watch_idle_timeout, cache_sync_timeout=args.cache_sync_timeout,
+            shutdown_timeout=args.shutdown_timeout,
+        )
+    except ConfigError as exc:
+        print(f"module-service-controller: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return run(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

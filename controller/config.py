@@ -1,0 +1,71 @@
+"""Validated, frozen configuration built once from flags and environment (architecture §7)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+__all__ = ["Config", "ConfigError"]
+
+_LABEL_PREFIX = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?$")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("json", "console")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the flag."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    kubeconfig: str | None = None
+    """Path to a kubeconfig; default: in-cluster, then $KUBECONFIG / ~/.kube/config."""
+    namespaces: tuple[str, ...] = ()
+    """Namespaces to serve; empty means all."""
+    workers: int = 4
+    """Concurrent reconciles. Keys are serialised by the queue, so >1 is always safe."""
+    leader_elect: bool = False
+    leader_elect_namespace: str = "default"
+    leader_elect_name: str = "module-service-controller"
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+    metrics_bind_address: str = ":8080"
+    metrics_secure: bool = False
+    metrics_cert_dir: str | None = None
+    health_probe_bind_address: str = ":8081"
+    module_label_prefix: str = "module.koupleless.alipay.com/"
+    log_level: str = "info"
+    log_format: str = "json"
+    watch_idle_timeout: float = 70.0
+    """No event or bookmark for this long drops a watch (bookmarks come about every 60 s)."""
+    cache_sync_timeout: float = 120.0
+    """controller-runtime's CacheSyncTimeout: give up (and exit) if caches do not fill in time."""
+    shutdown_timeout: float = 25.0
+    """How long SIGTERM waits for in-flight reconciles before releasing the Lease."""
+    request_timeout: float = 30.0
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be at least 1, got {self.workers}")
+        if not self.module_label_prefix or not _LABEL_PREFIX.match(self.module_label_prefix) \
+                or len(self.module_label_prefix) > 254:
+            raise ConfigError(
+                f"--module-label-prefix {self.module_label_prefix!r} must be a DNS subdomain followed by '/'"
+            )
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"--log-format must be json or console, got {self.log_format!r}")
+        if min(self.lease_duration, self.renew_deadline, self.retry_period) <= 0:
+            raise ConfigError("leader election durations must be positive")
+        # client-go NewLeaderElector's invariants.
+        if self.lease_duration <= self.renew_deadline:
+            raise ConfigError("--leader-elect-lease-duration must be greater than --leader-elect-renew-deadline")
+        if self.renew_deadline <= 1.2 * self.retry_period:
+            raise ConfigError(
+                "--leader-elect-renew-deadline must be greater than 1.2 x --leader-elect-retry-period"
+            )
+        if self.watch_idle_timeout <= 0 or self.cache_sync_timeout <= 0 or self.request_timeout <= 0:
+            raise ConfigError("timeouts must be positive")

@@ -1,0 +1,459 @@
+"""The controller's two HTTP endpoints, served by aiohttp on the controller's own event loop.
+
+- :class:`ProbeServer`: ``/healthz`` and ``/readyz`` with controller-runtime's ``pkg/healthz`` contract
+  (``?verbose``, ``?exclude=<name>``, ``/<endpoint>/<check>``).
+- :class:`MetricsServer`: ``/metrics``, plain HTTP or, with ``secure=True``, HTTPS (HTTP/1.1 only) where
+  every request needs a bearer token that passes a TokenReview and a SubjectAccessReview for the
+  non-resource path (controller-runtime ``filters.WithAuthenticationAndAuthorization``).
+
+Both are anyio runnables: ``await tg.start(server.run)`` returns once the socket is bound (so a busy port
+fails start-up), and cancelling the task group shuts the server down. Bind addresses follow Go/
+controller-runtime: ``":8080"`` all interfaces, ``"127.0.0.1:0"`` an ephemeral port, ``"0"`` disabled.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import ipaddress
+import os
+import ssl
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Generic, Protocol, TypeVar
+
+import anyio
+import anyio.to_thread
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from anyio.abc import TaskStatus
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from controller.kube.errors import KubeError
+
+__all__ = [
+    "Authorizer",
+    "HealthCheck",
+    "HealthChecks",
+    "KubeAuthorizer",
+    "MetricsServer",
+    "ProbeServer",
+    "ReviewClient",
+    "generate_self_signed_cert",
+    "parse_bind",
+]
+
+log = structlog.get_logger(__name__)
+
+HealthCheck = Callable[[], str | None]
+"""Returns None when healthy, else a short failure reason (shown with ``?verbose``)."""
+
+# In-flight requests get this long on shutdown; scrapes and probes take milliseconds.
+_SHUTDOWN_TIMEOUT: Final = 2.0
+_MAX_REASON: Final = 200
+
+# controller-runtime's delegating authn/authz cache TTLs (client-go.md §3.1).
+AUTHN_TTL: Final = 60.0
+AUTHZ_ALLOW_TTL: Final = 300.0
+AUTHZ_DENY_TTL: Final = 30.0
+REVIEW_TIMEOUT: Final = 10.0
+_CACHE_SIZE: Final = 1024
+
+
+def parse_bind(bind: str) -> tuple[str | None, int] | None:
+    """``"0"``/``""`` -> None (disabled); ``":8080"`` -> (None, 8080) (all interfaces);
+    ``"127.0.0.1:0"`` -> ephemeral port; ``"[::1]:9"`` -> ("::1", 9). Raises ValueError otherwise."""
+    if bind in ("", "0"):
+        return None
+    host, sep, port_text = bind.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"invalid bind address {bind!r}: want [host]:port, or 0 to disable")
+    host = host.removeprefix("[").removesuffix("]")
+    return (host or None), int(port_text)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Health checks
+
+
+class HealthChecks:
+    """A named set of checks behind one endpoint (``/healthz`` or ``/readyz``)."""
+
+    def __init__(self) -> None:
+        self._checks: dict[str, HealthCheck] = {}
+
+    def add(self, name: str, fn: HealthCheck) -> None:
+        if not name or "/" in name or name in self._checks:
+            raise ValueError(f"invalid or duplicate health check name {name!r}")
+        self._checks[name] = fn
+
+    def names(self) -> list[str]:
+        return sorted(self._checks)
+
+    def run(self, name: str) -> str | None:
+        """Runs one check; a check that raises counts as failed, it never breaks the endpoint."""
+        try:
+            reason = self._checks[name]()
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        return None if reason is None else " ".join(reason.split())[:_MAX_REASON]
+
+    def render(self, *, verbose: bool, exclude: Sequence[str] = ()) -> tuple[int, str]:
+        """(status, body) in controller-runtime's text format: ``ok`` or a ``[+]``/``[-]`` listing."""
+        lines: list[str] = []
+        failed = False
+        for name in self.names():
+            if name in exclude:
+                lines.append(f"[+]{name} excluded: ok")
+                continue
+            reason = self.run(name)
+            if reason is None:
+                lines.append(f"[+]{name} ok")
+            else:
+                failed = True
+                lines.append(f"[-]{name} failed: {reason}")
+        if not self._checks:
+            lines.append("[+]ping ok")  # controller-runtime answers ok with no checks registered
+        if not failed and not verbose:
+            return 200, "ok"
+        unknown = sorted(set(exclude) - set(self._checks))
+        if unknown:
+            lines.append(f"warn: some health checks cannot be excluded: no matches for {', '.join(unknown)}")
+        # controller-runtime prints "healthz" on /readyz too; kept for anything parsing it.
+        lines.append("healthz check failed" if failed else "healthz check passed")
+        return (500 if failed else 200), "\n".join(lines) + "\n"
+
+    def aggregate_handler(self) -> Handler:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            status, body = self.render(
+                verbose="verbose" in request.query, exclude=request.query.getall("exclude", [])
+            )
+            return _text(status, body)
+
+        return handle
+
+    def single_handler(self) -> Handler:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            name = request.match_info["name"]
+            if name not in self._checks:
+                return _text(404, "404 page not found\n")
+            reason = self.run(name)
+            return _text(200, "ok") if reason is None else _text(500, f"internal server error: {reason}\n")
+
+        return handle
+
+
+def _text(status: int, body: str) -> web.Response:
+    return web.Response(
+        status=status, text=body, content_type="text/plain", headers={"X-Content-Type-Options": "nosniff"}
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Server base
+
+
+class _Server:
+    """Binds one aiohttp app per :meth:`run`; ``port`` is the bound port once started (None if off)."""
+
+    def __init__(self, bind: str) -> None:
+        self._address = parse_bind(bind)  # fails at construction, i.e. during flag validation
+        self.port: int | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self._address is not None
+
+    def _app(self) -> web.Application:
+        raise NotImplementedError
+
+    async def _ssl_context(self) -> ssl.SSLContext | None:
+        return None
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        if self._address is None:
+            task_status.started()
+            return
+        host, port = self._address
+        ssl_ctx = await self._ssl_context()
+        # handle_signals=False: the manager owns signals; access_log=None: probes every few seconds
+        # would drown the controller's own logs.
+        runner = web.AppRunner(self._app(), access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
+        try:
+            await runner.setup()
+            site = web.TCPSite(runner, host, port, ssl_context=ssl_ctx)
+            await site.start()
+            self.port = int(runner.addresses[0][1])
+            task_status.started()
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await runner.cleanup()
+            self.port = None
+
+
+class ProbeServer(_Server):
+    """``/healthz`` and ``/readyz`` (plus ``/<endpoint>/<check>``), unauthenticated like kubelet expects."""
+
+    def __init__(self, bind: str, healthz: HealthChecks, readyz: HealthChecks) -> None:
+        super().__init__(bind)
+        self.healthz = healthz
+        self.readyz = readyz
+
+    def _app(self) -> web.Application:
+        app = web.Application()
+        for endpoint, checks in (("healthz", self.healthz), ("readyz", self.readyz)):
+            aggregate = checks.aggregate_handler()
+            app.router.add_get(f"/{endpoint}", aggregate)
+            app.router.add_get(f"/{endpoint}/", aggregate)
+            app.router.add_get(f"/{endpoint}/{{name}}", checks.single_handler())
+        return app
+
+
+# --------------------------------------------------------------------------------------------------------
+# Metrics server
+
+
+class Authorizer(Protocol):
+    """Decides one request: 200 allowed, 401 unauthenticated, 403 forbidden, 500 review failed."""
+
+    async def authorize(self, token: str, path: str, verb: str) -> int: ...
+
+
+def _bearer_token(header: str | None) -> str | None:
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or any(c.isspace() for c in token):
+        return None
+    return token
+
+
+class MetricsServer(_Server):
+    """``/metrics`` for ``registry``; with ``secure`` HTTPS, and with ``authorizer`` authn/authz on every
+    request (controller-runtime allows TLS without the filter, so does this)."""
+
+    def __init__(
+        self,
+        bind: str,
+        registry: CollectorRegistry,
+        *,
+        secure: bool = False,
+        cert_dir: str | None = None,
+        authorizer: Authorizer | None = None,
+    ) -> None:
+        super().__init__(bind)
+        self.registry = registry
+        self.secure = secure
+        self.cert_dir = cert_dir
+        self.authorizer = authorizer
+
+    async def _metrics(self, request: web.Request) -> web.StreamResponse:
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        # Collected on the loop thread: cheap for our few hundred series, and the asyncio task
+        # gauge needs the running loop.
+        response = web.Response(body=encoder(self.registry), headers={"Content-Type": content_type})
+        response.enable_compression()
+        return response
+
+    def _app(self) -> web.Application:
+        middlewares = []
+        authorizer = self.authorizer
+        if self.secure and authorizer is not None:
+
+            @web.middleware
+            async def authn_authz(request: web.Request, handler: Handler) -> web.StreamResponse:
+                token = _bearer_token(request.headers.get("Authorization"))
+                if token is None:
+                    return _text(401, "Unauthorized\n")
+                try:
+                    status = await authorizer.authorize(token, request.path, request.method.lower())
+                except Exception as exc:  # an authorizer bug must not turn into an open endpoint
+                    log.warning("metrics authorization failed", error=type(exc).__name__)
+                    status = 500
+                if status != 200:
+                    return _text(status, {401: "Unauthorized\n", 403: "Forbidden\n"}.get(
+                        status, "Internal Server Error\n"))
+                return await handler(request)
+
+            middlewares.append(authn_authz)
+        app = web.Application(middlewares=middlewares)
+        app.router.add_get("/metrics", self._metrics)
+        return app
+
+    async def _ssl_context(self) -> ssl.SSLContext | None:
+        if not self.secure:
+            return None
+        # Key generation and temp files are blocking; keep them off the loop.
+        return await anyio.to_thread.run_sync(self._build_ssl_context)
+
+    def _build_ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        # HTTP/1.1 only, like Kubebuilder's default (HTTP/2 rapid-reset CVEs).
+        ctx.set_alpn_protocols(["http/1.1"])
+        if self.cert_dir:
+            cert = os.path.join(self.cert_dir, "tls.crt")
+            key = os.path.join(self.cert_dir, "tls.key")
+            if os.path.isfile(cert) and os.path.isfile(key):
+                ctx.load_cert_chain(cert, key)
+                return ctx
+        cert_pem, key_pem = generate_self_signed_cert()
+        # load_cert_chain only takes paths; the private dir vanishes right after loading.
+        with tempfile.TemporaryDirectory(prefix="metrics-cert-") as tmp:
+            cert = os.path.join(tmp, "tls.crt")
+            key = os.path.join(tmp, "tls.key")
+            with open(cert, "wb") as f:
+                f.write(cert_pem)
+            with open(os.open(key, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
+                f.write(key_pem)
+            ctx.load_cert_chain(cert, key)
+        return ctx
+
+
+def generate_self_signed_cert(hosts: Sequence[str] = ("localhost", "127.0.0.1")) -> tuple[bytes, bytes]:
+    """(cert PEM, key PEM): a P-256 self-signed certificate for ``hosts`` (DNS names or IPs), valid a year.
+    Scrapers use ``insecureSkipVerify`` against it, as with controller-runtime's."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{hosts[0]}@{int(now.timestamp())}")])
+    sans: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            sans.append(x509.DNSName(host))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        # CA so the certificate can also serve as its own trust anchor for clients that pin it.
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+# --------------------------------------------------------------------------------------------------------
+# TokenReview / SubjectAccessReview
+
+
+class ReviewClient(Protocol):
+    """The part of :class:`controller.kube.client.KubeClient` the authorizer needs."""
+
+    # Plain def returning an Awaitable: matches KubeClient's ``async def request`` structurally.
+    def request(
+        self, method: str, path: str, *, body: Any = None, timeout: float | None = None
+    ) -> Awaitable[dict[str, Any]]: ...
+
+
+_V = TypeVar("_V")
+
+
+class _TTLCache(Generic[_V]):
+    """Bounded map with per-entry expiry; evicts the oldest insert when full."""
+
+    def __init__(self, max_size: int, clock: Callable[[], float]) -> None:
+        self._max_size = max_size
+        self._clock = clock
+        self._items: OrderedDict[Any, tuple[float, _V]] = OrderedDict()
+
+    def get(self, key: Any) -> _V | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        if item[0] <= self._clock():
+            del self._items[key]
+            return None
+        return item[1]
+
+    def put(self, key: Any, value: _V, ttl: float) -> None:
+        self._items.pop(key, None)
+        self._items[key] = (self._clock() + ttl, value)
+        while len(self._items) > self._max_size:
+            self._items.popitem(last=False)
+
+
+@dataclass(frozen=True)
+class _Authn:
+    user: dict[str, Any] | None  # TokenReview status.user, None when not authenticated
+
+
+class KubeAuthorizer:
+    """Authorizer backed by the API server's TokenReview and SubjectAccessReview APIs.
+
+    Caches are keyed by the SHA-256 of the token, never the token; tokens are never logged. Review
+    errors are not cached and answer 500, so the next scrape retries.
+    """
+
+    def __init__(
+        self, client: ReviewClient, *, clock: Callable[[], float] | None = None, cache_size: int = _CACHE_SIZE
+    ) -> None:
+        self._client = client
+        clock = clock or time.monotonic
+        self._authn: _TTLCache[_Authn] = _TTLCache(cache_size, clock)
+        self._authz: _TTLCache[bool] = _TTLCache(cache_size, clock)
+
+    async def authorize(self, token: str, path: str, verb: str) -> int:
+        digest = hashlib.sha256(token.encode()).digest()
+        try:
+            authn = self._authn.get(digest)
+            if authn is None:
+                authn = await self._review_token(token)
+                self._authn.put(digest, authn, AUTHN_TTL)
+            if authn.user is None:
+                return 401
+            key = (digest, path, verb)
+            allowed = self._authz.get(key)
+            if allowed is None:
+                allowed = await self._review_access(authn.user, path, verb)
+                self._authz.put(key, allowed, AUTHZ_ALLOW_TTL if allowed else AUTHZ_DENY_TTL)
+        except KubeError as exc:
+            # The message comes from the server's Status, which never echoes the token.
+            log.warning("metrics auth review failed", error=str(exc))
+            return 500
+        return 200 if allowed else 403
+
+    async def _review_token(self, token: str) -> _Authn:
+        review = await self._client.request(
+            "POST",
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}},
+            timeout=REVIEW_TIMEOUT,
+        )
+        status = review.get("status") or {}
+        user = status.get("user")
+        if status.get("authenticated") is True and isinstance(user, dict):
+            return _Authn(user)
+        return _Authn(None)
+
+    async def _review_access(self, user: dict[str, Any], path: str, verb: str) -> bool:
+        spec: dict[str, Any] = {"nonResourceAttributes": {"path": path, "verb": verb}}
+        for field, source in (("user", "username"), ("uid", "uid"), ("groups", "groups"), ("extra", "extra")):
+            if user.get(source):
+                spec[field] = user[source]
+        review = await self._client.request(
+            "POST",
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            body={"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec},
+            timeout=REVIEW_TIMEOUT,
+        )
+        return (review.get("status") or {}).get("allowed") is True

@@ -1,0 +1,396 @@
+"""Informers: a paginated LIST, then a WATCH from the list's resourceVersion, into an indexed Store.
+
+Semantics follow client-go's Reflector (tools/cache/reflector.go):
+- WATCH with ``allowWatchBookmarks`` and a server ``timeoutSeconds`` drawn from [300, 600) each time;
+  a clean end re-watches at once from the last resourceVersion (no relist).
+- Our own inactivity watchdog: no line (event or bookmark) for ``idle_timeout`` (~70 s; bookmarks come
+  about every minute) drops the stream, which then resumes from the last resourceVersion. This is the
+  silent half-open connection every Python controller has been bitten by.
+- 410 Gone (on the watch or in an ERROR event) relists; objects that vanished meanwhile are delivered
+  to handlers as deletes (client-go's DeletedFinalStateUnknown case).
+- Failures back off 0.8 s -> 30 s (factor 2, jitter 1.0), reset after 2 minutes without failure.
+- ``has_synced`` turns true after the first full list; ``run`` reports ``started`` at that moment.
+Handlers are called synchronously on the event loop and must only map objects to keys and enqueue.
+Store objects are shared and read-only by contract.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+
+from .kube.client import JsonObj, KubeClient
+from .kube.errors import ApiError, Gone, KubeError, TooManyRequests, TransportError, WatchStalled
+from .kube.resources import Resource
+
+__all__ = [
+    "Backoff",
+    "EventHandler",
+    "Informer",
+    "InformerMetrics",
+    "Store",
+    "object_key",
+    "strip_managed_fields",
+]
+
+log = structlog.get_logger(__name__)
+
+IndexFunc = Callable[[JsonObj], Iterable[str]]
+Transform = Callable[[JsonObj], JsonObj]
+
+PAGE_SIZE = 500  # client-go's pager default
+IDLE_TIMEOUT = 70.0  # kopf's default: longer than the ~60 s bookmark interval
+MIN_WATCH_TIMEOUT = 300  # client-go: random in [5m, 10m) spreads reconnects of many clients
+VERY_SHORT_WATCH = 1.0  # client-go: a watch that ends within 1 s with no event is an error
+
+
+def object_key(obj: Mapping[str, Any]) -> str:
+    meta = obj.get("metadata") or {}
+    ns = meta.get("namespace")
+    return f"{ns}/{meta.get('name')}" if ns else str(meta.get("name"))
+
+
+def strip_managed_fields(obj: JsonObj) -> JsonObj:
+    meta = obj.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
+    return obj
+
+
+class EventHandler(Protocol):
+    def on_add(self, obj: JsonObj) -> None: ...
+    def on_update(self, old: JsonObj, new: JsonObj) -> None: ...
+    def on_delete(self, obj: JsonObj) -> None: ...
+
+
+class InformerMetrics(Protocol):
+    def list(self) -> None: ...
+    def watch_start(self) -> None: ...
+    def relist(self, reason: str) -> None: ...
+    def gone(self) -> None: ...
+    def watch_error(self, kind: str) -> None: ...
+    def event(self, type: str) -> None: ...
+    def objects(self, n: int) -> None: ...
+    def synced(self, b: bool) -> None: ...
+
+
+class _NoMetrics:
+    def list(self) -> None: ...
+    def watch_start(self) -> None: ...
+    def relist(self, reason: str) -> None: ...
+    def gone(self) -> None: ...
+    def watch_error(self, kind: str) -> None: ...
+    def event(self, type: str) -> None: ...
+    def objects(self, n: int) -> None: ...
+    def synced(self, b: bool) -> None: ...
+
+
+class Store:
+    """An indexed map ``namespace/name -> object`` (client-go's thread-safe store, minus threads)."""
+
+    def __init__(self, indexers: Mapping[str, IndexFunc] | None = None) -> None:
+        self._items: dict[str, JsonObj] = {}
+        self._indexers = dict(indexers or {})
+        self._indices: dict[str, dict[str, set[str]]] = {name: {} for name in self._indexers}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: str) -> JsonObj | None:
+        return self._items.get(key)
+
+    def values(self) -> list[JsonObj]:
+        return [*self._items.values()]
+
+    def keys(self) -> list[str]:
+        return [*self._items]
+
+    def by_index(self, index: str, value: str) -> list[JsonObj]:
+        keys = self._indices[index].get(value, ())
+        return [self._items[k] for k in keys]
+
+    def index_values(self, index: str) -> list[str]:
+        return [*self._indices[index]]
+
+    def upsert(self, obj: JsonObj) -> JsonObj | None:
+        key = object_key(obj)
+        old = self._items.get(key)
+        if old is not None:
+            self._unindex(key, old)
+        self._items[key] = obj
+        for name, fn in self._indexers.items():
+            idx = self._indices[name]
+            for value in fn(obj):
+                idx.setdefault(value, set()).add(key)
+        return old
+
+    def delete(self, key: str) -> JsonObj | None:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._unindex(key, old)
+        return old
+
+    def _unindex(self, key: str, obj: JsonObj) -> None:
+        for name, fn in self._indexers.items():
+            idx = self._indices[name]
+            for value in fn(obj):
+                keys = idx.get(value)
+                if keys is not None:
+                    keys.discard(key)
+                    if not keys:
+                        del idx[value]
+
+
+@dataclass
+class Backoff:
+    """client-go's reflector backoff: 0.8 s doubling to 30 s, jitter 1.0, reset after 2 min of health."""
+
+    initial: float = 0.8
+    cap: float = 30.0
+    factor: float = 2.0
+    jitter: float = 1.0
+    reset_after: float = 120.0
+    _current: float = field(default=0.0, init=False)
+    _last_failure: float = field(default=-1e18, init=False)
+
+    def next(self, now: float) -> float:
+        if now - self._last_failure > self.reset_after:
+            self._current = 0.0
+        self._last_failure = now
+        self._current = self.initial if self._current == 0 else min(self._current * self.factor, self.cap)
+        return self._current * (1 + self.jitter * random.random())
+
+
+class Informer:
+    """List-watch one resource (in one namespace, or all) into a Store and notify handlers."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        resource: Resource,
+        *,
+        store: Store,
+        namespace: str | None = None,
+        handlers: Iterable[EventHandler] = (),
+        transform: Transform = strip_managed_fields,
+        metrics: InformerMetrics | None = None,
+        page_size: int = PAGE_SIZE,
+        idle_timeout: float = IDLE_TIMEOUT,
+        min_watch_timeout: int = MIN_WATCH_TIMEOUT,
+        label_selector: str | None = None,
+    ) -> None:
+        self.client = client
+        self.resource = resource
+        self.store = store
+        self.namespace = namespace
+        self.handlers = list(handlers)
+        self.transform = transform
+        self.metrics: InformerMetrics = metrics or _NoMetrics()
+        self.page_size = page_size
+        self.idle_timeout = idle_timeout
+        self.min_watch_timeout = min_watch_timeout
+        self.label_selector = label_selector
+        self.has_synced = False
+        self.resource_version = ""
+        # monotonic time of the last sign of life (list done, watch opened, event or bookmark)
+        self.last_activity = anyio.current_time() if _in_loop() else 0.0
+        self.last_error: str | None = None
+        self._backoff = Backoff()
+        self._log = log.bind(resource=resource.plural, namespace=namespace or "*")
+
+    # ------------------------------------------------------------------ health
+    def stalled_for(self) -> float:
+        """Seconds without any sign of life; a healthy watch never exceeds ``idle_timeout``."""
+        return anyio.current_time() - self.last_activity
+
+    def _alive(self) -> None:
+        self.last_activity = anyio.current_time()
+
+    # ------------------------------------------------------------------ main loop
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Runs forever. ``task_status.started()`` after the first full list (``has_synced``)."""
+        need_list = True
+        relist_reason = "initial"
+        while True:
+            try:
+                if need_list:
+                    await self._list(relist_reason)
+                    need_list = False
+                    if not self.has_synced:
+                        self.has_synced = True
+                        self.metrics.synced(True)
+                        task_status.started()
+                opened = anyio.current_time()
+                events = await self._watch()
+                if events == 0 and anyio.current_time() - opened < VERY_SHORT_WATCH:
+                    raise TransportError("very short watch: closed within 1s without an event")
+                self._log.debug("watch_ended", resource_version=self.resource_version, events=events)
+            except Gone as exc:
+                # The RV we hold was compacted away: only a fresh list can restore a consistent view.
+                self.metrics.gone()
+                self._log.info("watch_expired", error=str(exc))
+                need_list, relist_reason = True, "gone"
+                self.resource_version = ""
+            except WatchStalled as exc:
+                self.metrics.watch_error("stall")
+                self._log.warning("watch_stalled", error=str(exc))
+                # Resume from the last RV at once: the connection is dead, not the RV.
+            except KubeError as exc:
+                kind = "transport" if isinstance(exc, TransportError) else "api"
+                self.metrics.watch_error(kind)
+                self.last_error = str(exc)
+                delay = self._backoff.next(anyio.current_time())
+                if isinstance(exc, TooManyRequests) and exc.retry_after:
+                    delay = max(delay, exc.retry_after)
+                if isinstance(exc, ApiError) and not need_list:
+                    # client-go relists after unexpected watch errors; connection failures re-watch.
+                    need_list, relist_reason = True, "error"
+                self._log.warning(
+                    "watch_failed" if not need_list or self.has_synced else "list_failed",
+                    error=str(exc), retry_in_s=round(delay, 2),
+                )
+                await anyio.sleep(delay)
+
+    # ------------------------------------------------------------------ list
+    async def _list(self, reason: str) -> None:
+        if reason != "initial":
+            self.metrics.relist(reason)
+        self.metrics.list()
+        path = self.resource.path(self.namespace)
+        items: list[JsonObj] = []
+        params: dict[str, str | int | bool] = {"limit": self.page_size}
+        if self.label_selector:
+            params["labelSelector"] = self.label_selector
+        list_rv = ""
+        while True:
+            try:
+                page = await self.client.request("GET", path, params=params, timeout=120)
+            except Gone:
+                if "continue" not in params:
+                    raise
+                # The continue token expired mid-list: fall back to one unpaginated list (client-go
+                # FullListIfExpired).
+                items.clear()
+                params = {k: v for k, v in params.items() if k not in ("continue", "limit")}
+                continue
+            items.extend(page.get("items") or [])
+            meta = page.get("metadata") or {}
+            list_rv = str(meta.get("resourceVersion") or list_rv)
+            token = meta.get("continue")
+            if not token:
+                break
+            params["continue"] = token
+        self._replace(items)
+        self.resource_version = list_rv
+        self._alive()
+        self._log.info("list_done", objects=len(items), resource_version=list_rv, reason=reason)
+
+    def _in_scope(self, key: str) -> bool:
+        return self.namespace is None or key.startswith(self.namespace + "/")
+
+    def _replace(self, items: list[JsonObj]) -> None:
+        """Syncs the store to a full list: adds, updates (only when the RV changed) and deletes."""
+        seen: set[str] = set()
+        kind = self.resource.kind
+        for raw in items:
+            raw.setdefault("kind", kind)
+            obj = self.transform(raw)
+            key = object_key(obj)
+            seen.add(key)
+            old = self.store.get(key)
+            if old is not None and _rv(old) == _rv(obj):
+                continue
+            self.store.upsert(obj)
+            for h in self.handlers:
+                if old is None:
+                    h.on_add(obj)
+                else:
+                    h.on_update(old, obj)
+        stale = [k for k in self.store.keys() if k not in seen and self._in_scope(k)]  # noqa: SIM118
+        for key in stale:
+            gone = self.store.delete(key)
+            if gone is not None:
+                for h in self.handlers:
+                    h.on_delete(gone)
+        self.metrics.objects(len(self.store))
+
+    # ------------------------------------------------------------------ watch
+    async def _watch(self) -> int:
+        params: dict[str, str | int | bool] = {
+            "resourceVersion": self.resource_version,
+            "allowWatchBookmarks": True,
+            "timeoutSeconds": random.randint(self.min_watch_timeout, 2 * self.min_watch_timeout - 1),
+        }
+        if self.label_selector:
+            params["labelSelector"] = self.label_selector
+        count = 0
+
+        def on_open() -> None:
+            self.metrics.watch_start()
+            self._alive()
+
+        def on_event(event: JsonObj) -> None:
+            nonlocal count
+            count += 1
+            self._alive()
+            self._handle(event)
+
+        await self.client.watch(
+            self.resource.path(self.namespace), params=params, on_event=on_event,
+            idle_timeout=self.idle_timeout, on_open=on_open,
+        )
+        return count
+
+    def _handle(self, event: JsonObj) -> None:
+        etype = event.get("type")
+        obj = event.get("object")
+        if not isinstance(obj, dict) or etype not in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
+            self._log.warning("watch_event_unexpected", type=etype)
+            return
+        self.metrics.event(str(etype))
+        rv = _rv(obj)
+        if etype == "BOOKMARK":
+            if rv:
+                self.resource_version = rv
+            return
+        obj.setdefault("kind", self.resource.kind)
+        obj = self.transform(obj)
+        key = object_key(obj)
+        if etype == "DELETED":
+            old = self.store.delete(key)
+            for h in self.handlers:
+                h.on_delete(old if old is not None else obj)
+        else:
+            old = self.store.upsert(obj)
+            for h in self.handlers:
+                if old is None:
+                    h.on_add(obj)
+                else:
+                    h.on_update(old, obj)
+        if rv:
+            self.resource_version = rv
+        self.metrics.objects(len(self.store))
+
+
+def _rv(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("resourceVersion") or "")
+
+
+def _in_loop() -> bool:
+    try:
+        anyio.current_time()
+    except Exception:
+        return False
+    return True
+
+
+# Wall-clock helper for metrics that dashboards read as "seconds since" (time() - gauge).
+def wall_time() -> float:
+    return time.time()

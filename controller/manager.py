@@ -1,0 +1,331 @@
+"""Lifecycle: one anyio task group owns every task (controller-runtime's Manager order).
+
+HTTP probes and metrics (every replica) -> informers (every replica: warm standby), started one by one
+and awaited until synced within ``cache_sync_timeout`` -> leader election -> N workers (leader only).
+SIGTERM/SIGINT: stop handing out keys, let in-flight reconciles finish (bounded), release the Lease,
+then cancel everything; exit 0. A lost lease or a dead task fails the whole group: the process exits
+non-zero and the Deployment restarts it, never a half-alive replica.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+from prometheus_client import CollectorRegistry
+
+from .config import Config
+from .desired import module_of_service
+from .events import EventRecorder
+from .http import HealthChecks, KubeAuthorizer, MetricsServer, ProbeServer
+from .informer import EventHandler, Informer, Store
+from .kube.client import JsonObj, KubeClient
+from .kube.errors import ApiError, KubeError, TooManyRequests
+from .kube.resources import MODULE_DEPLOYMENTS, PODS, SERVICES, Resource
+from .leaderelection import KubeLeaseApi, LeaderElectionConfig, LeaderElector
+from .mapping import ServiceKey, md_keys, md_module, pod_keys, pod_modules, pod_relevant_change, service_key
+from .metrics import Metrics
+from .reconcile import MD_MODULE_INDEX, POD_MODULE_INDEX, NotLeader, Reconciler, Requeue
+from .workqueue import ShutDown, WorkQueue
+
+__all__ = ["CONTROLLER_NAME", "Manager", "slim_pod", "slim_service"]
+
+log = structlog.get_logger(__name__)
+CONTROLLER_NAME = "moduleservice"
+_UNFINISHED_PERIOD = 0.5  # client-go's defaultUnfinishedWorkUpdatePeriod
+
+
+def slim_pod(pod: JsonObj) -> JsonObj:
+    """Pods are the largest population: keep only metadata we index and the Ready condition."""
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    ready = [c for c in status.get("conditions") or () if c.get("type") == "Ready"]
+    return {
+        "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "labels",
+                                          "deletionTimestamp") if k in meta},
+        "status": {"conditions": ready, "podIP": status.get("podIP")},
+    }
+
+
+def slim_service(svc: JsonObj) -> JsonObj:
+    meta = svc.get("metadata") or {}
+    meta.pop("managedFields", None)
+    meta.pop("annotations", None)  # never compared; last-applied-configuration can be large
+    svc.pop("status", None)
+    return svc
+
+
+def slim_md(md: JsonObj) -> JsonObj:
+    meta = md.get("metadata") or {}
+    meta.pop("managedFields", None)
+    meta.pop("annotations", None)  # we read none; they can be up to 256 KiB each
+    return md
+
+
+class _Enqueue:
+    """Maps object changes to Service keys and adds them; remembers when each key first became dirty
+    so the end-to-end convergence histogram can measure watch-to-converged latency."""
+
+    def __init__(
+        self,
+        queue: WorkQueue[ServiceKey],
+        seen: dict[ServiceKey, float],
+        keys: Callable[[JsonObj | None, JsonObj | None], Iterable[ServiceKey]],
+        relevant: Callable[[JsonObj, JsonObj], bool] | None = None,
+    ) -> None:
+        self._queue = queue
+        self._seen = seen
+        self._keys = keys
+        self._relevant = relevant
+
+    def _add(self, keys: Iterable[ServiceKey]) -> None:
+        now = time.perf_counter()
+        for key in keys:
+            self._seen.setdefault(key, now)
+            self._queue.add(key)
+
+    def on_add(self, obj: JsonObj) -> None:
+        self._add(self._keys(None, obj))
+
+    def on_update(self, old: JsonObj, new: JsonObj) -> None:
+        if self._relevant is None or self._relevant(old, new):
+            self._add(self._keys(old, new))
+
+    def on_delete(self, obj: JsonObj) -> None:
+        self._add(self._keys(obj, None))
+
+
+class Manager:
+    def __init__(self, config: Config, client: KubeClient, *, registry: CollectorRegistry,
+                 metrics: Metrics | None = None, handle_signals: bool = True) -> None:
+        self.config = config
+        self.handle_signals = handle_signals
+        self._stop_requested = anyio.Event()
+        self.client = client
+        self.registry = registry
+        self.metrics = metrics or Metrics(registry, controller=CONTROLLER_NAME)
+        client.on_request = lambda verb, code, secs: self.metrics.observe_request(verb, code, secs, client.host)
+        self.identity = f"{socket.gethostname()}_{uuid.uuid4()}"
+        prefix = config.module_label_prefix
+        self.queue: WorkQueue[ServiceKey] = WorkQueue(metrics=self.metrics.queue_metrics(CONTROLLER_NAME))
+        self._seen: dict[ServiceKey, float] = {}
+        self.mds = Store({MD_MODULE_INDEX: lambda md: [f"{_ns(md)}/{md_module(md)}"]})
+        self.services = Store()
+        self.pods = Store({POD_MODULE_INDEX: lambda p: [f"{_ns(p)}/{m}" for m, _ in pod_modules(p, prefix)]})
+        self.events = EventRecorder(client, instance=self.identity)
+        self.elector: LeaderElector | None = None
+        if config.leader_elect:
+            self.elector = LeaderElector(
+                LeaderElectionConfig(
+                    lock_namespace=config.leader_elect_namespace, lock_name=config.leader_elect_name,
+                    identity=self.identity, lease_duration=config.lease_duration,
+                    renew_deadline=config.renew_deadline, retry_period=config.retry_period,
+                ),
+                KubeLeaseApi(client, timeout=max(config.renew_deadline / 2, 1.0)),
+                on_change=lambda leading: self.metrics.set_leader(config.leader_elect_name, leading),
+            )
+            self.metrics.init_leader(config.leader_elect_name)
+        self.reconciler = Reconciler(
+            client, mds=self.mds, services=self.services, pods=self.pods, label_prefix=prefix,
+            events=self.events,
+            write_allowed=self._write_allowed,
+        )
+        enqueue_md = _Enqueue(self.queue, self._seen, md_keys)
+        enqueue_svc = _Enqueue(self.queue, self._seen, lambda o, n: {k for x in (o, n) if x is not None
+                                                                   if (k := service_key(x)) is not None})
+        enqueue_pod = _Enqueue(self.queue, self._seen, lambda o, n: pod_keys(o, n, prefix),
+                               lambda o, n: pod_relevant_change(o, n, prefix))
+        self.informers: list[Informer] = []
+        for resource, store, handler, transform in (
+            (MODULE_DEPLOYMENTS, self.mds, enqueue_md, slim_md),
+            (SERVICES, self.services, enqueue_svc, slim_service),
+            (PODS, self.pods, enqueue_pod, slim_pod),
+        ):
+            self.informers.extend(self._informers(resource, store, handler, transform))
+        self.healthz = HealthChecks()
+        self.readyz = HealthChecks()
+        self.healthz.add("ping", lambda: None)
+        for inf in self.informers:
+            self.healthz.add(f"watch-{inf.resource.plural}-{inf.namespace or 'all'}", self._watch_check(inf))
+            self.readyz.add(f"synced-{inf.resource.plural}-{inf.namespace or 'all'}", _synced_check(inf))
+        if self.elector is not None:
+            elector = self.elector
+            self.healthz.add("leader-election",
+                             lambda: None if elector.healthy() else "holds the lease but stopped renewing it")
+        self._stopping = anyio.Event()
+        self._workers_running = False
+
+    def _write_allowed(self) -> bool:
+        # The fence: every write checks leadership first, so a replica that has judged its lease lost
+        # stops writing at once, before the task group has finished cancelling.
+        return self.elector is None or self.elector.is_leader
+
+    def _informers(self, resource: Resource, store: Store, handler: EventHandler,
+                   transform: Callable[[JsonObj], JsonObj]) -> list[Informer]:
+        scopes: list[str | None] = list(self.config.namespaces) or [None]
+        return [
+            Informer(self.client, resource, store=store, namespace=ns, handlers=[handler], transform=transform,
+                     metrics=self.metrics.informer_metrics(resource.plural),
+                     idle_timeout=self.config.watch_idle_timeout)
+            for ns in scopes
+        ]
+
+    def _watch_check(self, inf: Informer) -> Callable[[], str | None]:
+        # A live watch shows a sign of life at least every idle_timeout (events, bookmarks, or the
+        # watchdog's reconnect + relist); twice that plus slack means the loop is wedged.
+        limit = 2 * inf.idle_timeout + 5
+
+        def check() -> str | None:
+            stalled = inf.stalled_for()
+            if stalled > limit:
+                return f"no progress for {stalled:.0f}s (last error: {inf.last_error})"
+            return None
+        return check
+
+    # ------------------------------------------------------------------ run
+    async def run(self) -> None:
+        cfg = self.config
+        async with anyio.create_task_group() as tg:
+            if self.handle_signals:
+                tg.start_soon(self._signals)
+            tg.start_soon(self._shutdown_on_request, tg)
+            probes = ProbeServer(cfg.health_probe_bind_address, self.healthz, self.readyz)
+            await tg.start(probes.run)
+            metrics_server = MetricsServer(
+                cfg.metrics_bind_address, self.registry, secure=cfg.metrics_secure,
+                cert_dir=cfg.metrics_cert_dir,
+                authorizer=KubeAuthorizer(self.client) if cfg.metrics_secure else None,
+            )
+            await tg.start(metrics_server.run)
+            await tg.start(self.events.run)
+            await tg.start(self.queue.run)
+            tg.start_soon(self._unfinished_loop)
+            started = time.perf_counter()
+            with anyio.fail_after(cfg.cache_sync_timeout):
+                for inf in self.informers:
+                    await tg.start(inf.run)
+            log.info("caches_synced", seconds=round(time.perf_counter() - started, 3),
+                     moduledeployments=len(self.mds), services=len(self.services), pods=len(self.pods))
+            self.metrics.max_concurrent(cfg.workers)
+            if self.elector is not None:
+                await self.elector.run(self._work)
+            else:
+                await self._work()
+            tg.cancel_scope.cancel()
+
+    def request_stop(self) -> None:
+        """Graceful stop, as on SIGTERM (tests and embedding use this)."""
+        self._stop_requested.set()
+
+    async def _signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("shutdown_requested", signal=signal.Signals(signum).name)
+                self.request_stop()
+
+    async def _shutdown_on_request(self, tg: TaskGroup) -> None:
+        await self._stop_requested.wait()
+        self._stopping.set()
+        self.queue.shutdown()
+        if not self._workers_running or (self.elector is not None and not self.elector.is_leader):
+            # No workers (standby, or still syncing): nothing in flight to wait for.
+            tg.cancel_scope.cancel()
+            return
+        # Workers finish their current key and return; run() then releases the Lease and cancels the
+        # group. Past the timeout, cancel anyway (every write we make is safe to repeat).
+        await anyio.sleep(self.config.shutdown_timeout)
+        log.warning("shutdown_timeout", seconds=self.config.shutdown_timeout)
+        tg.cancel_scope.cancel()
+
+    async def _work(self) -> None:
+        log.info("workers_starting", workers=self.config.workers)
+        self._workers_running = True
+        async with anyio.create_task_group() as workers:
+            for i in range(self.config.workers):
+                workers.start_soon(self._worker, i)
+        log.info("workers_stopped")
+
+    async def _unfinished_loop(self) -> None:
+        while True:
+            self.queue.update_unfinished()
+            await anyio.sleep(_UNFINISHED_PERIOD)
+
+    async def _worker(self, n: int) -> None:
+        while not self._stopping.is_set():
+            try:
+                key = await self.queue.get()
+            except ShutDown:
+                return
+            if self._stopping.is_set():
+                self.queue.done(key)
+                return
+            try:
+                await self._process(key)
+            finally:
+                self.queue.done(key)
+
+    async def _process(self, key: ServiceKey) -> None:
+        seen_at = self._seen.pop(key, None)
+        started = time.perf_counter()
+        self.metrics.worker_active(1)
+        result = "success"
+        error: str | None = None
+        actions: list[str] = []
+        delay: float | None = None
+        try:
+            report = await self.reconciler.reconcile(key)
+            actions = report.actions
+        except Requeue as exc:
+            result, error = "requeue", str(exc)
+        except NotLeader as exc:
+            result, error = "error", str(exc)
+        except TooManyRequests as exc:
+            result, error, delay = "error", str(exc), exc.retry_after
+        except KubeError as exc:
+            result, error = "error", str(exc)
+        finally:
+            self.metrics.worker_active(-1)
+        duration = time.perf_counter() - started
+        self.metrics.reconcile_result(result, duration)
+        if result == "success":
+            self.queue.forget(key)
+            if seen_at is not None:
+                self.metrics.convergence(time.perf_counter() - seen_at)
+        else:
+            if seen_at is not None:
+                self._seen[key] = min(seen_at, self._seen.get(key, seen_at))
+            if delay:
+                self.queue.add_after(key, delay)
+            else:
+                self.queue.add_rate_limited(key)
+        fields: dict[str, Any] = {"key": str(key), "result": result, "duration_ms": round(duration * 1000, 2),
+                                  "actions": actions}
+        if error is not None:
+            fields["error"] = error
+            fields["retries"] = self.queue.num_requeues(key)
+        if result == "requeue":
+            log.debug("reconciled", **fields)  # 409 / cache lag: expected, not an error
+        elif result == "error":
+            log.warning("reconciled", **fields)
+        else:
+            log.info("reconciled", **fields)
+
+
+def _synced_check(inf: Informer) -> Callable[[], str | None]:
+    return lambda: None if inf.has_synced else "informer has not synced"
+
+
+def _ns(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("namespace") or "")
+
+
+# Re-exported for tests that compute keys the same way the manager does.
+service_module = module_of_service
+_unused = (ApiError,)

@@ -1,0 +1,227 @@
+"""Reconcile one Service key: read the caches, compute the desired state, write only the difference.
+
+Level-triggered: the input is the key, never an event. Everything is read from informer stores; the
+only API calls are writes (Service create/patch/delete, status patches) and they happen only when the
+cache shows a difference, so an idle controller performs zero writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from .desired import (
+    FIELD_MANAGER,
+    DesiredService,
+    ModuleDeploymentView,
+    desired_service,
+    is_managed,
+    module_of_service,
+    parse_module_deployment,
+    service_patch,
+)
+from .events import EventRecorder, ObjectRef, now_rfc3339
+from .informer import Store
+from .kube.client import JsonObj, KubeClient
+from .kube.errors import AlreadyExists, Conflict, NotFound
+from .kube.resources import MODULE_DEPLOYMENTS, SERVICES
+from .mapping import ServiceKey, pod_modules, pod_ready
+from .status import (
+    REASON_INVALID,
+    REASON_NAME_CONFLICT,
+    REASON_PORT_CONFLICT,
+    Outcome,
+    module_service_status,
+    status_patch,
+)
+
+__all__ = ["MD_MODULE_INDEX", "POD_MODULE_INDEX", "NotLeader", "Reconciler", "Report", "Requeue"]
+
+log = structlog.get_logger(__name__)
+
+MD_MODULE_INDEX = "module"
+POD_MODULE_INDEX = "module"
+_MERGE_PATCH = "application/merge-patch+json"
+_WARNING_REASONS = {REASON_NAME_CONFLICT, REASON_PORT_CONFLICT, REASON_INVALID}
+
+
+class Requeue(Exception):
+    """Retry this key with rate limiting; expected (cache lag, optimistic-concurrency conflict)."""
+
+
+class NotLeader(Exception):
+    """A write was attempted without leadership: the fence refused it."""
+
+
+@dataclass
+class Report:
+    actions: list[str] = field(default_factory=list)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        client: KubeClient,
+        *,
+        mds: Store,
+        services: Store,
+        pods: Store,
+        label_prefix: str,
+        events: EventRecorder,
+        write_allowed: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.client = client
+        self.mds = mds
+        self.services = services
+        self.pods = pods
+        self.label_prefix = label_prefix
+        self.events = events
+        self.write_allowed = write_allowed
+
+    def _fence(self) -> None:
+        if not self.write_allowed():
+            raise NotLeader("not the leader: refusing to write")
+
+    async def reconcile(self, key: ServiceKey) -> Report:
+        report = Report()
+        module = module_of_service(key.name)
+        if module is None:
+            return report
+        ns = key.namespace
+        views = [parse_module_deployment(md) for md in self.mds.by_index(MD_MODULE_INDEX, f"{ns}/{module}")]
+        desired = desired_service(ns, module, views, label_prefix=self.label_prefix) if module else None
+        actual = self.services.get(f"{ns}/{key.name}")
+        managed = actual is not None and is_managed(actual)
+
+        live: Mapping[str, Any] | None = actual if managed else None
+        name_conflict = False
+        if desired is None:
+            if actual is not None and managed:
+                await self._delete(actual, report)
+                self._event_for(views, "Normal", "ServiceDeleted",
+                                f"Deleted Service {key.name}: no ModuleDeployment enables it")
+            live = None
+        elif actual is None:
+            live = await self._create(desired, report)
+            self._event(desired, "Normal", "ServiceCreated", f"Created Service {key.name} ({desired.port})")
+        elif not managed:
+            name_conflict = True
+        else:
+            patch = service_patch(actual, desired)
+            if patch is not None:
+                live = await self._patch(actual, patch, report)
+                self._event(desired, "Normal", "ServiceUpdated", f"Updated Service {key.name} ({desired.port})")
+
+        pods, ready = self._count_pods(ns, module)
+        outcome = Outcome(desired=desired, service=live, name_conflict=name_conflict, pods=pods, ready_pods=ready)
+        await self._write_statuses(views, outcome, report)
+        return report
+
+    # ------------------------------------------------------------------ Service writes
+    async def _create(self, desired: DesiredService, report: Report) -> JsonObj:
+        self._fence()
+        try:
+            created = await self.client.request(
+                "POST", SERVICES.path(desired.namespace), params={"fieldManager": FIELD_MANAGER},
+                body=desired.manifest(),
+            )
+        except AlreadyExists as exc:
+            # Our cache is behind (or someone just created it): look again later, never overwrite.
+            raise Requeue(f"Service {desired.name} already exists; waiting for the cache") from exc
+        report.actions.append("service_created")
+        return created
+
+    async def _patch(self, actual: Mapping[str, Any], patch: dict[str, Any], report: Report) -> JsonObj:
+        self._fence()
+        meta = actual["metadata"]
+        patch.setdefault("metadata", {})["resourceVersion"] = meta["resourceVersion"]  # precondition
+        try:
+            updated = await self.client.request(
+                "PATCH", SERVICES.path(meta["namespace"], meta["name"]),
+                params={"fieldManager": FIELD_MANAGER}, body=patch, content_type=_MERGE_PATCH,
+            )
+        except (Conflict, NotFound) as exc:
+            raise Requeue(f"Service {meta['name']} changed under us: {exc.reason}") from exc
+        report.actions.append("service_updated")
+        return updated
+
+    async def _delete(self, actual: Mapping[str, Any], report: Report) -> None:
+        self._fence()
+        meta = actual["metadata"]
+        try:
+            await self.client.request(
+                "DELETE", SERVICES.path(meta["namespace"], meta["name"]),
+                body={"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background",
+                      "preconditions": {"uid": meta["uid"]}},
+            )
+        except NotFound:
+            return
+        except Conflict as exc:
+            # UID precondition failed: a different object now has this name; re-evaluate it.
+            raise Requeue(f"Service {meta['name']} was replaced: {exc.reason}") from exc
+        report.actions.append("service_deleted")
+
+    # ------------------------------------------------------------------ status
+    def _count_pods(self, ns: str, module: str) -> tuple[int, int]:
+        total = ready = 0
+        if not module:
+            return 0, 0
+        for pod in self.pods.by_index(POD_MODULE_INDEX, f"{ns}/{module}"):
+            if (pod.get("metadata") or {}).get("deletionTimestamp"):
+                continue
+            if dict(pod_modules(pod, self.label_prefix)).get(module) != "true":
+                continue
+            total += 1
+            ready += pod_ready(pod)
+        return total, ready
+
+    async def _write_statuses(self, views: list[ModuleDeploymentView], outcome: Outcome, report: Report) -> None:
+        now = now_rfc3339()
+        for view in views:
+            if view.deleting:
+                continue
+            md = self.mds.get(f"{view.namespace}/{view.name}")
+            if md is None:
+                continue
+            current = (md.get("status") or {}).get("moduleService")
+            wanted = module_service_status(view, outcome)
+            patch = status_patch(current if isinstance(current, dict) else None, wanted, now)
+            if patch is None:
+                continue
+            self._fence()
+            try:
+                await self.client.request(
+                    "PATCH", MODULE_DEPLOYMENTS.path(view.namespace, view.name, "status"),
+                    params={"fieldManager": FIELD_MANAGER}, body=patch, content_type=_MERGE_PATCH,
+                )
+            except NotFound:
+                continue
+            report.actions.append("status_written")
+            cond = wanted["conditions"][0]
+            old_reason = _reason(current)
+            if cond["reason"] in _WARNING_REASONS and cond["reason"] != old_reason:
+                self.events.record(_ref(view), "Warning", cond["reason"], cond["message"])
+
+    # ------------------------------------------------------------------ events
+    def _event(self, desired: DesiredService, type_: str, reason: str, message: str) -> None:
+        owner = desired.owners[0]
+        self.events.record(ObjectRef(desired.namespace, owner.name, owner.uid), type_, reason, message)
+
+    def _event_for(self, views: list[ModuleDeploymentView], type_: str, reason: str, message: str) -> None:
+        for view in views:
+            if not view.deleting:
+                self.events.record(_ref(view), type_, reason, message)
+
+
+def _reason(module_service: Any) -> str | None:
+    if not isinstance(module_service, dict):
+        return None
+    conditions = module_service.get("conditions") or []
+    return str(conditions[0].get("reason")) if conditions and isinstance(conditions[0], dict) else None
+
+
+def _ref(view: ModuleDeploymentView) -> ObjectRef:
+    return ObjectRef(view.namespace, view.name, view.uid)

@@ -1,0 +1,79 @@
+"""Process entry: logging, credentials, a reachability check, then the Manager; maps failures to exit
+codes with one clear line each."""
+
+from __future__ import annotations
+
+import sys
+
+import anyio
+import prometheus_client
+import structlog
+
+from .config import Config
+from .kube.client import KubeClient, load_configuration
+from .kube.errors import ApiError, KubeError
+from .leaderelection import LeadershipLost
+from .logging import configure
+from .manager import Manager
+
+__all__ = ["run"]
+
+log = structlog.get_logger(__name__)
+
+
+def _fail(message: str) -> int:
+    print(f"module-service-controller: error: {message}", file=sys.stderr)
+    return 1
+
+
+async def _main(config: Config) -> int:
+    try:
+        configuration = await load_configuration(config.kubeconfig)
+    except Exception as exc:  # kubernetes-asyncio raises assorted types for bad kubeconfigs
+        return _fail(f"cannot load Kubernetes credentials: {type(exc).__name__}: {str(exc)[:200]}")
+    async with KubeClient(configuration, timeout=config.request_timeout) as client:
+        try:
+            version = await client.request("GET", "/version", timeout=10)
+        except KubeError as exc:
+            return _fail(f"API server {client.base_url} is not reachable: {exc}")
+        log.info("starting", api_server=client.base_url, server_version=version.get("gitVersion"),
+                 namespaces=list(config.namespaces) or "all", workers=config.workers,
+                 leader_elect=config.leader_elect)
+        manager = Manager(config, client, registry=prometheus_client.REGISTRY)
+        try:
+            await manager.run()
+        except Exception as exc:  # an ExceptionGroup from the task group: report its root causes
+            return _report(exc, config)
+    log.info("stopped")
+    return 0
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def _report(exc: BaseException, config: Config) -> int:
+    leaves = _leaves(exc)
+    first = leaves[0]
+    if isinstance(first, LeadershipLost):
+        log.error("leader_election_lost", error=str(first))
+    elif isinstance(first, TimeoutError):
+        log.error("cache_sync_timeout", seconds=config.cache_sync_timeout)
+    elif isinstance(first, ApiError | OSError):
+        log.error("fatal_error", error=f"{type(first).__name__}: {first}")
+    else:
+        log.error("crashed", exc_info=first)
+    return 1
+
+
+def run(config: Config) -> int:
+    configure(json=config.log_format == "json", level=config.log_level)
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    try:
+        return anyio.run(_main, config, backend="asyncio")
+    except KeyboardInterrupt:
+        return 0
+    except OSError as exc:  # e.g. a bind address in use
+        return _fail(str(exc))

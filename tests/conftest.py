@@ -1,0 +1,77 @@
+"""Session-wide real control plane (etcd + kube-apiserver + kube-controller-manager), built once and
+shared; every test gets its own namespace.
+
+Set ``MSC_TEST_CONTROLPLANE_DIR`` to reuse a control plane started with ``python -m tests.controlplane up``
+(it is then left running).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import urllib.error
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.controlplane import ControlPlane
+
+ROOT = Path(__file__).resolve().parent.parent
+CRD = ROOT / "manifests" / "crd" / "moduledeployments.yaml"
+
+
+def _needs_controlplane(config: pytest.Config) -> bool:
+    return any(
+        item.get_closest_marker("integration") or item.get_closest_marker("e2e")
+        for item in getattr(config, "_msc_items", [])
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        if "integration" in parts:
+            item.add_marker(pytest.mark.integration)
+        elif "e2e" in parts:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def controlplane() -> Iterator[ControlPlane]:
+    existing = os.environ.get("MSC_TEST_CONTROLPLANE_DIR")
+    if existing:
+        cp = ControlPlane.load(Path(existing))
+        cp.kubectl("apply", "--server-side", "-f", str(CRD))
+        cp.kubectl("wait", "--for=condition=Established", "crd/moduledeployments.koupleless.alipay.com")
+        yield cp
+        return
+    with tempfile.TemporaryDirectory(prefix="msc-cp-") as tmp:
+        cp = ControlPlane(Path(tmp))
+        cp.up()
+        try:
+            cp.kubectl("apply", "--server-side", "-f", str(CRD))
+            cp.kubectl("wait", "--for=condition=Established", "crd/moduledeployments.koupleless.alipay.com")
+            yield cp
+        finally:
+            cp.down()
+
+
+@pytest.fixture
+def kubeconfig(controlplane: ControlPlane) -> str:
+    return str(controlplane.kubeconfig)
+
+
+@pytest.fixture
+def namespace(controlplane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace per test; deleted (without waiting) afterwards."""
+    base = request.node.name.lower().replace("_", "-")
+    name = f"t-{''.join(c for c in base if c.isalnum() or c == '-')[:40].strip('-')}-{uuid.uuid4().hex[:6]}"
+    controlplane.request("/api/v1/namespaces", "POST", {"apiVersion": "v1", "kind": "Namespace",
+                                                         "metadata": {"name": name}})
+    yield name
+    try:
+        controlplane.request(f"/api/v1/namespaces/{name}", "DELETE")
+    except urllib.error.URLError:
+        pass
