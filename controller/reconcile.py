@@ -80,6 +80,12 @@ class Reconciler:
         self.label_prefix = label_prefix
         self.events = events
         self.write_allowed = write_allowed
+        # Read-your-writes over a lagging cache (the ReplicaSet controller's "expectations" idea):
+        # after a write we remember what we wrote together with the resourceVersion the cache showed
+        # before it. While the cache still shows that old version, our own write is the newest state we
+        # know, so a reconcile triggered meanwhile neither repeats the write nor trips a 409.
+        self._svc_written: dict[ServiceKey, tuple[str, JsonObj | None]] = {}
+        self._status_written: dict[str, tuple[str, dict[str, Any]]] = {}
 
     def _fence(self) -> None:
         if not self.write_allowed():
@@ -93,7 +99,7 @@ class Reconciler:
         ns = key.namespace
         views = [parse_module_deployment(md) for md in self.mds.by_index(MD_MODULE_INDEX, f"{ns}/{module}")]
         desired = desired_service(ns, module, views, label_prefix=self.label_prefix) if module else None
-        actual = self.services.get(f"{ns}/{key.name}")
+        actual = self._service_view(key)
         managed = actual is not None and is_managed(actual)
 
         live: Mapping[str, Any] | None = actual if managed else None
@@ -121,6 +127,18 @@ class Reconciler:
         return report
 
     # ------------------------------------------------------------------ Service writes
+    def _service_view(self, key: ServiceKey) -> JsonObj | None:
+        cached = self.services.get(f"{key.namespace}/{key.name}")
+        expected = self._svc_written.get(key)
+        if expected is not None:
+            if _rv(cached) == expected[0]:
+                return expected[1]
+            del self._svc_written[key]  # the cache has caught up with (or moved past) our write
+        return cached
+
+    def _remember(self, key: ServiceKey, written: JsonObj | None) -> None:
+        self._svc_written[key] = (_rv(self.services.get(f"{key.namespace}/{key.name}")), written)
+
     async def _create(self, desired: DesiredService, report: Report) -> JsonObj:
         self._fence()
         try:
@@ -132,6 +150,7 @@ class Reconciler:
             # Our cache is behind (or someone just created it): look again later, never overwrite.
             raise Requeue(f"Service {desired.name} already exists; waiting for the cache") from exc
         report.actions.append("service_created")
+        self._remember(ServiceKey(desired.namespace, desired.name), created)
         return created
 
     async def _patch(self, actual: Mapping[str, Any], patch: dict[str, Any], report: Report) -> JsonObj:
@@ -146,6 +165,7 @@ class Reconciler:
         except (Conflict, NotFound) as exc:
             raise Requeue(f"Service {meta['name']} changed under us: {exc.reason}") from exc
         report.actions.append("service_updated")
+        self._remember(ServiceKey(meta["namespace"], meta["name"]), updated)
         return updated
 
     async def _delete(self, actual: Mapping[str, Any], report: Report) -> None:
@@ -163,6 +183,7 @@ class Reconciler:
             # UID precondition failed: a different object now has this name; re-evaluate it.
             raise Requeue(f"Service {meta['name']} was replaced: {exc.reason}") from exc
         report.actions.append("service_deleted")
+        self._remember(ServiceKey(meta["namespace"], meta["name"]), None)
 
     # ------------------------------------------------------------------ status
     def _count_pods(self, ns: str, module: str) -> tuple[int, int]:
@@ -188,6 +209,13 @@ class Reconciler:
                 continue
             current = (md.get("status") or {}).get("moduleService")
             wanted = module_service_status(view, outcome)
+            md_rv = _rv(md)
+            pending = self._status_written.get(view.uid)
+            if pending is not None:
+                if pending[0] == md_rv and pending[1] == wanted:
+                    continue  # our last write says exactly this and the cache has not seen it yet
+                if pending[0] != md_rv:
+                    del self._status_written[view.uid]
             patch = status_patch(current if isinstance(current, dict) else None, wanted, now)
             if patch is None:
                 continue
@@ -199,6 +227,7 @@ class Reconciler:
                 )
             except NotFound:
                 continue
+            self._status_written[view.uid] = (md_rv, wanted)
             report.actions.append("status_written")
             cond = wanted["conditions"][0]
             old_reason = _reason(current)
@@ -214,6 +243,10 @@ class Reconciler:
         for view in views:
             if not view.deleting:
                 self.events.record(_ref(view), type_, reason, message)
+
+
+def _rv(obj: Mapping[str, Any] | None) -> str:
+    return str(((obj or {}).get("metadata") or {}).get("resourceVersion") or "")
 
 
 def _reason(module_service: Any) -> str | None:

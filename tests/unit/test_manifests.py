@@ -1,0 +1,367 @@
+"""Static checks of manifests/ (kustomize): least-privilege RBAC, a hardened Deployment, the metrics
+plumbing and the kustomizations. `kubectl kustomize` runs when kubectl is on PATH."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+MANIFESTS = ROOT / "manifests"
+NAMESPACE = "module-service-system"
+NAME = "module-service-controller"
+GROUP = "koupleless.alipay.com"
+
+Obj = dict[str, Any]
+
+# (apiGroup, resource) -> verbs. Exactly what the controller needs, nothing more.
+EXPECTED_RULES: dict[tuple[str, str], set[str]] = {
+    (GROUP, "moduledeployments"): {"get", "list", "watch"},
+    (GROUP, "moduledeployments/status"): {"get", "patch", "update"},
+    (GROUP, "moduledeployments/finalizers"): {"update"},
+    ("", "services"): {"get", "list", "watch", "create", "patch", "update", "delete"},
+    ("", "pods"): {"get", "list", "watch"},
+    ("", "events"): {"create", "patch"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+    ("authentication.k8s.io", "tokenreviews"): {"create"},
+    ("authorization.k8s.io", "subjectaccessreviews"): {"create"},
+}
+
+
+def _yaml_files() -> list[Path]:
+    return sorted(p for p in MANIFESTS.rglob("*.yaml") if p.is_file())
+
+
+def _load_all() -> list[tuple[Path, Obj]]:
+    docs: list[tuple[Path, Obj]] = []
+    for path in _yaml_files():
+        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            if doc is not None:
+                assert isinstance(doc, dict), path
+                docs.append((path, doc))
+    return docs
+
+
+@pytest.fixture(scope="module")
+def objects() -> list[Obj]:
+    return [doc for path, doc in _load_all() if path.name != "kustomization.yaml"]
+
+
+def _find(objects: list[Obj], kind: str, name: str) -> Obj:
+    found = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: found {len(found)}"
+    return found[0]
+
+
+def _normalize(rules: list[Obj]) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for rule in rules:
+        assert "nonResourceURLs" not in rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                out.setdefault((group, resource), set()).update(rule["verbs"])
+    return out
+
+
+def _rbac_rules(objects: list[Obj]) -> Iterator[tuple[str, Obj]]:
+    for o in objects:
+        if o["kind"] in {"ClusterRole", "Role"}:
+            for rule in o.get("rules", []):
+                yield f"{o['kind']}/{o['metadata']['name']}", rule
+
+
+def test_every_yaml_file_parses() -> None:
+    docs = _load_all()
+    assert docs
+    for path, doc in docs:
+        assert "apiVersion" in doc, path
+        assert "kind" in doc, path
+
+
+# --- RBAC -------------------------------------------------------------------------------------------
+
+
+def test_cluster_role_is_exactly_least_privilege(objects: list[Obj]) -> None:
+    role = _find(objects, "ClusterRole", NAME)
+    assert _normalize(role["rules"]) == EXPECTED_RULES
+
+
+def test_no_wildcards_secrets_pod_deletes_or_spec_writes(objects: list[Obj]) -> None:
+    for owner, rule in _rbac_rules(objects):
+        for key in ("apiGroups", "resources", "verbs", "nonResourceURLs", "resourceNames"):
+            assert "*" not in rule.get(key, []), f"{owner}: wildcard in {key}"
+        resources = set(rule.get("resources", []))
+        verbs = set(rule["verbs"])
+        assert not resources & {"secrets", "configmaps"}, f"{owner}: reads secrets or configmaps"
+        if "pods" in resources:
+            assert verbs <= {"get", "list", "watch"}, f"{owner}: pods {verbs}"
+        if "moduledeployments" in resources:
+            assert not verbs & {"create", "update", "patch", "delete", "deletecollection"}, owner
+        assert "escalate" not in verbs
+        assert "bind" not in verbs
+        assert "impersonate" not in verbs
+
+
+def test_cluster_role_binding(objects: list[Obj]) -> None:
+    binding = _find(objects, "ClusterRoleBinding", NAME)
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NAME}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE}]
+    sa = _find(objects, "ServiceAccount", NAME)
+    assert sa["metadata"]["namespace"] == NAMESPACE
+
+
+def test_leader_election_role_is_namespaced(objects: list[Obj]) -> None:
+    roles = [o for o in objects if o["kind"] == "Role"]
+    assert len(roles) == 1
+    role = roles[0]
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert _normalize(role["rules"]) == {("coordination.k8s.io", "leases"): {"get", "create", "update"}}
+    binding = next(
+        o for o in objects if o["kind"] == "RoleBinding" and o["roleRef"]["name"] == role["metadata"]["name"]
+    )
+    assert binding["metadata"]["namespace"] == NAMESPACE
+    assert binding["roleRef"]["kind"] == "Role"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE}]
+    # leases appear nowhere else: no cluster-wide lease access
+    for owner, rule in _rbac_rules(objects):
+        if "leases" in rule.get("resources", []):
+            assert owner == f"Role/{role['metadata']['name']}"
+
+
+def test_metrics_reader_role(objects: list[Obj]) -> None:
+    readers = [o for o in objects if o["kind"] == "ClusterRole" and o["metadata"]["name"].endswith("metrics-reader")]
+    assert len(readers) == 1
+    assert readers[0]["rules"] == [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]
+
+
+# --- Deployment -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def deployment(objects: list[Obj]) -> Obj:
+    return _find(objects, "Deployment", NAME)
+
+
+@pytest.fixture(scope="module")
+def container(deployment: Obj) -> Obj:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    c: Obj = containers[0]
+    return c
+
+
+def test_deployment_shape(deployment: Obj, container: Obj) -> None:
+    assert deployment["metadata"]["namespace"] == NAMESPACE
+    spec = deployment["spec"]
+    assert spec["replicas"] == 3
+    pod = spec["template"]["spec"]
+    assert pod["serviceAccountName"] == NAME
+    assert pod["terminationGracePeriodSeconds"] == 30
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    assert container["image"] == f"{NAME}:0.1.0"
+    assert "command" not in container, "the image's ENTRYPOINT is the console script"
+
+
+def test_deployment_args(container: Obj) -> None:
+    args = container["args"]
+    assert "--leader-elect" in args
+    assert "--metrics-secure" in args
+    assert "--metrics-bind-address=:8443" in args
+    assert "--health-probe-bind-address=:8081" in args
+    env = {e["name"]: e for e in container.get("env", [])}
+    assert env["MSC_LEADER_ELECT_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+
+
+def test_deployment_probes_and_ports(container: Obj) -> None:
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"https": 8443, "health": 8081}
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        get = container[probe]["httpGet"]
+        assert get["path"] == path
+        assert get["port"] in ("health", 8081)
+        assert get.get("scheme", "HTTP") == "HTTP"
+
+
+def test_deployment_resources(container: Obj) -> None:
+    assert container["resources"] == {
+        "requests": {"cpu": "50m", "memory": "128Mi"},
+        "limits": {"cpu": "500m", "memory": "384Mi"},
+    }
+
+
+def test_deployment_security_context(deployment: Obj, container: Obj) -> None:
+    pod_sc = deployment["spec"]["template"]["spec"].get("securityContext", {})
+    sc = container["securityContext"]
+
+    def effective(key: str) -> Any:
+        return sc.get(key, pod_sc.get(key))
+
+    assert effective("runAsNonRoot") is True
+    assert effective("runAsUser") == 65532
+    assert effective("seccompProfile") == {"type": "RuntimeDefault"}
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert not sc.get("privileged", False)
+    pod = deployment["spec"]["template"]["spec"]
+    for host_namespace in ("hostNetwork", "hostPID", "hostIPC"):
+        assert not pod.get(host_namespace), host_namespace
+
+
+def test_tmp_is_writable(deployment: Obj, container: Obj) -> None:
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+
+
+def test_deployment_spreads_replicas(deployment: Obj) -> None:
+    pod = deployment["spec"]["template"]["spec"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    spreads = pod["topologySpreadConstraints"]
+    assert any(s["topologyKey"] == "kubernetes.io/hostname" for s in spreads)
+    for s in spreads:
+        assert s["labelSelector"]["matchLabels"].items() <= labels.items()
+    preferred = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert preferred
+    assert "requiredDuringSchedulingIgnoredDuringExecution" not in pod["affinity"]["podAntiAffinity"]
+    for term in preferred:
+        assert term["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= labels.items()
+
+
+def test_pod_disruption_budget(objects: list[Obj], deployment: Obj) -> None:
+    pdbs = [o for o in objects if o["kind"] == "PodDisruptionBudget"]
+    assert len(pdbs) == 1
+    spec = pdbs[0]["spec"]
+    assert spec.get("minAvailable") == 1 or spec.get("maxUnavailable") == 1
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+
+
+# --- metrics ----------------------------------------------------------------------------------------
+
+
+def test_metrics_service_and_service_monitor(objects: list[Obj], deployment: Obj, container: Obj) -> None:
+    services = [o for o in objects if o["kind"] == "Service"]
+    assert len(services) == 1
+    service = services[0]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    (port,) = service["spec"]["ports"]
+    assert port["name"] == "https"
+    assert port["port"] == 8443
+    assert port["targetPort"] in ("https", 8443)
+
+    monitor = _find(objects, "ServiceMonitor", NAME)
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == "https"
+    assert endpoint["scheme"] == "https"
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["bearerTokenFile"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    assert endpoint["tlsConfig"]["insecureSkipVerify"] is True
+
+    rule = _find(objects, "PrometheusRule", NAME)
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["spec"]["groups"]
+
+
+# --- kustomize --------------------------------------------------------------------------------------
+
+
+def _kustomization(directory: Path) -> Obj:
+    data = yaml.safe_load((directory / "kustomization.yaml").read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def test_top_level_kustomization() -> None:
+    top = _kustomization(MANIFESTS)
+    assert top["namespace"] == NAMESPACE
+    resources = top["resources"]
+    assert "samples" not in {r.rstrip("/") for r in resources}
+    assert set(resources) == {"namespace.yaml", "crd", "rbac", "manager", "prometheus"}
+    namespace = yaml.safe_load((MANIFESTS / "namespace.yaml").read_text(encoding="utf-8"))
+    assert namespace["kind"] == "Namespace"
+    assert namespace["metadata"]["name"] == NAMESPACE
+
+
+def test_crd_is_referenced() -> None:
+    assert _kustomization(MANIFESTS / "crd")["resources"] == ["moduledeployments.yaml"]
+
+
+@pytest.mark.parametrize("directory", ["rbac", "manager", "prometheus", "samples"])
+def test_kustomizations_list_every_file(directory: str) -> None:
+    path = MANIFESTS / directory
+    listed = set(_kustomization(path)["resources"])
+    present = {p.name for p in path.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == present
+
+
+def test_sample_is_the_seed() -> None:
+    sample = yaml.safe_load((MANIFESTS / "samples" / "moduledeployment.yaml").read_text(encoding="utf-8"))
+    assert sample["apiVersion"] == f"{GROUP}/v1alpha1"
+    assert sample["kind"] == "ModuleDeployment"
+    assert sample["metadata"]["name"] == "moduledeployment-sample-provider"
+    assert "namespace" not in sample["metadata"]
+    spec = sample["spec"]
+    assert spec["baseDeploymentName"] == "dynamic-stock-deployment"
+    assert spec["template"]["spec"]["module"] == {
+        "name": "dynamic-provider",
+        "version": "1.0.2",
+        "url": "http://koupleless.oss-cn-shanghai.aliyuncs.com/module-packages/stable/"
+        "dynamic-provider-1.0.2-ark-biz.jar",
+    }
+    assert spec["replicas"] == 1
+    assert spec["operationStrategy"] == {
+        "needConfirm": False,
+        "grayTimeBetweenBatchSeconds": 120,
+        "useBeta": False,
+        "batchCount": 1,
+        "upgradePolicy": "install_then_uninstall",
+        "serviceStrategy": {"enableModuleService": True, "port": 8080, "targetPort": 8080},
+    }
+    assert spec["schedulingStrategy"] == {"schedulingPolicy": "scatter"}
+
+
+_KUBECTL = shutil.which("kubectl")
+
+
+@pytest.mark.skipif(_KUBECTL is None, reason="kubectl is not on PATH")
+def test_kubectl_kustomize_renders() -> None:
+    assert _KUBECTL is not None
+    if not (MANIFESTS / "crd" / "moduledeployments.yaml").exists():
+        pytest.skip("manifests/crd/moduledeployments.yaml is not written yet")
+    result = subprocess.run([_KUBECTL, "kustomize", str(MANIFESTS)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == sorted(
+        [
+            "Namespace",
+            "CustomResourceDefinition",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+            "Deployment",
+            "PodDisruptionBudget",
+            "Service",
+            "ServiceMonitor",
+            "PrometheusRule",
+        ]
+    )
+    cluster_scoped = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
+    for d in docs:
+        if d["kind"] not in cluster_scoped:
+            assert d["metadata"]["namespace"] == NAMESPACE, d["kind"]
+    assert "ModuleDeployment" not in kinds
