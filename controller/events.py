@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,7 @@ __all__ = ["EventRecorder", "ObjectRef"]
 
 log = structlog.get_logger(__name__)
 _COMPONENT = "module-service-controller"
-_BUFFER = 1000
+_BUFFER = 5000
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +42,10 @@ def now_rfc3339() -> str:
 
 
 class EventRecorder:
-    def __init__(self, client: KubeClient | None, *, instance: str = "") -> None:
+    def __init__(self, client: KubeClient | None, *, instance: str = "",
+                 idle: Callable[[], Awaitable[None]] | None = None) -> None:
         self._client = client
+        self._idle = idle
         self._instance = instance
         self._pending: deque[dict[str, Any]] = deque()
         self._wake = anyio.Event()
@@ -72,6 +75,8 @@ class EventRecorder:
             await self._wake.wait()
             self._wake = anyio.Event()
             while self._pending:
+                if self._idle is not None:
+                    await self._idle()  # reconciles first: events are informational
                 body = self._pending.popleft()
                 if self._client is None:
                     continue

@@ -36,6 +36,7 @@ from typing import Any, NoReturn, Protocol
 import anyio
 import structlog
 
+from .config import ConfigError
 from .kube.errors import Conflict, KubeError, NotFound
 from .kube.resources import LEASES
 
@@ -60,14 +61,6 @@ JsonObj = dict[str, Any]
 DEFAULT_LOCK_NAME = "module-service-controller"
 # client-go JitterFactor: acquire attempts are spaced retry_period * [1, 2.2).
 JITTER_FACTOR = 1.2
-
-
-class ConfigError(ValueError):
-    """Raised when leader-election settings violate client-go's invariants.
-
-    Defined here because ``controller/config.py`` did not exist when this module was written; the
-    config module should re-export (or move) it so there is one ``ConfigError``.
-    """
 
 
 class LeadershipLost(Exception):

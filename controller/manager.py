@@ -39,6 +39,7 @@ __all__ = ["CONTROLLER_NAME", "Manager", "slim_pod", "slim_service"]
 
 log = structlog.get_logger(__name__)
 CONTROLLER_NAME = "moduleservice"
+STATUS_QUEUE_NAME = "moduleservice-status"
 _UNFINISHED_PERIOD = 0.5  # client-go's defaultUnfinishedWorkUpdatePeriod
 
 
@@ -115,11 +116,15 @@ class Manager:
         self.identity = f"{socket.gethostname()}_{uuid.uuid4()}"
         prefix = config.module_label_prefix
         self.queue: WorkQueue[ServiceKey] = WorkQueue(metrics=self.metrics.queue_metrics(CONTROLLER_NAME))
+        # Second, lower-priority lane for status.moduleService: fed after every successful Service
+        # reconcile, drained only when the Service lane has no backlog (see _status_worker).
+        self.status_queue: WorkQueue[ServiceKey] = WorkQueue(
+            metrics=self.metrics.queue_metrics(STATUS_QUEUE_NAME))
         self._seen: dict[ServiceKey, float] = {}
         self.mds = Store({MD_MODULE_INDEX: lambda md: [f"{_ns(md)}/{md_module(md)}"]})
         self.services = Store()
         self.pods = Store({POD_MODULE_INDEX: lambda p: [f"{_ns(p)}/{m}" for m, _ in pod_modules(p, prefix)]})
-        self.events = EventRecorder(client, instance=self.identity)
+        self.events = EventRecorder(client, instance=self.identity, idle=self.queue.wait_empty)
         self.elector: LeaderElector | None = None
         if config.leader_elect:
             self.elector = LeaderElector(
@@ -206,6 +211,7 @@ class Manager:
             await tg.start(metrics_server.run)
             await tg.start(self.events.run)
             await tg.start(self.queue.run)
+            await tg.start(self.status_queue.run)
             tg.start_soon(self._unfinished_loop)
             started = time.perf_counter()
             with anyio.fail_after(cfg.cache_sync_timeout):
@@ -234,6 +240,7 @@ class Manager:
         await self._stop_requested.wait()
         self._stopping.set()
         self.queue.shutdown()
+        self.status_queue.shutdown()
         if not self._workers_running or (self.elector is not None and not self.elector.is_leader):
             # No workers (standby, or still syncing): nothing in flight to wait for.
             tg.cancel_scope.cancel()
@@ -250,6 +257,8 @@ class Manager:
         async with anyio.create_task_group() as workers:
             for i in range(self.config.workers):
                 workers.start_soon(self._worker, i)
+            for i in range(max(1, self.config.workers // 2)):
+                workers.start_soon(self._status_worker, i)
         log.info("workers_stopped")
 
     async def _unfinished_loop(self) -> None:
@@ -270,6 +279,33 @@ class Manager:
                 await self._process(key)
             finally:
                 self.queue.done(key)
+
+    async def _status_worker(self, n: int) -> None:
+        while not self._stopping.is_set():
+            await self.queue.wait_empty()  # Services first: status is informational
+            try:
+                key = await self.status_queue.get()
+            except ShutDown:
+                return
+            try:
+                if not self._stopping.is_set():
+                    await self._process_status(key)
+            finally:
+                self.status_queue.done(key)
+
+    async def _process_status(self, key: ServiceKey) -> None:
+        started = time.perf_counter()
+        try:
+            report = await self.reconciler.reconcile_status(key)
+        except (KubeError, NotLeader) as exc:
+            self.status_queue.add_rate_limited(key)
+            log.warning("status_reconciled", key=str(key), result="error", error=str(exc),
+                        retries=self.status_queue.num_requeues(key))
+            return
+        self.status_queue.forget(key)
+        if report.actions:
+            log.info("status_reconciled", key=str(key), result="success", actions=report.actions,
+                     duration_ms=round((time.perf_counter() - started) * 1000, 2))
 
     async def _process(self, key: ServiceKey) -> None:
         seen_at = self._seen.pop(key, None)
@@ -296,6 +332,7 @@ class Manager:
         self.metrics.reconcile_result(result, duration)
         if result == "success":
             self.queue.forget(key)
+            self.status_queue.add(key)
             if seen_at is not None:
                 self.metrics.convergence(time.perf_counter() - seen_at)
         else:

@@ -91,38 +91,55 @@ class Reconciler:
         if not self.write_allowed():
             raise NotLeader("not the leader: refusing to write")
 
+    def _inputs(self, key: ServiceKey) -> tuple[str, list[ModuleDeploymentView], DesiredService | None]:
+        module = module_of_service(key.name) or ""
+        views = [parse_module_deployment(md)
+                 for md in self.mds.by_index(MD_MODULE_INDEX, f"{key.namespace}/{module}")]
+        desired = desired_service(key.namespace, module, views, label_prefix=self.label_prefix) if module else None
+        return module, views, desired
+
     async def reconcile(self, key: ServiceKey) -> Report:
+        """Makes the Service right. Status is a separate, lower-priority pass (:meth:`reconcile_status`)
+        so that in a burst the API server's capacity goes to Services first."""
         report = Report()
-        module = module_of_service(key.name)
-        if module is None:
+        if module_of_service(key.name) is None:
             return report
-        ns = key.namespace
-        views = [parse_module_deployment(md) for md in self.mds.by_index(MD_MODULE_INDEX, f"{ns}/{module}")]
-        desired = desired_service(ns, module, views, label_prefix=self.label_prefix) if module else None
+        _, views, desired = self._inputs(key)
         actual = self._service_view(key)
         managed = actual is not None and is_managed(actual)
-
-        live: Mapping[str, Any] | None = actual if managed else None
-        name_conflict = False
         if desired is None:
             if actual is not None and managed:
                 await self._delete(actual, report)
                 self._event_for(views, "Normal", "ServiceDeleted",
                                 f"Deleted Service {key.name}: no ModuleDeployment enables it")
-            live = None
         elif actual is None:
-            live = await self._create(desired, report)
+            await self._create(desired, report)
             self._event(desired, "Normal", "ServiceCreated", f"Created Service {key.name} ({desired.port})")
-        elif not managed:
-            name_conflict = True
-        else:
+        elif managed:
             patch = service_patch(actual, desired)
             if patch is not None:
-                live = await self._patch(actual, patch, report)
+                await self._patch(actual, patch, report)
                 self._event(desired, "Normal", "ServiceUpdated", f"Updated Service {key.name} ({desired.port})")
+        # else: a Service we do not manage holds the name; never touch it (status reports NameConflict).
+        return report
 
-        pods, ready = self._count_pods(ns, module)
-        outcome = Outcome(desired=desired, service=live, name_conflict=name_conflict, pods=pods, ready_pods=ready)
+    async def reconcile_status(self, key: ServiceKey) -> Report:
+        """Writes ``status.moduleService`` of every ModuleDeployment of this key, where it changed."""
+        report = Report()
+        if module_of_service(key.name) is None:
+            return report
+        module, views, desired = self._inputs(key)
+        if not views:
+            return report
+        actual = self._service_view(key)
+        managed = actual is not None and is_managed(actual)
+        pods, ready = self._count_pods(key.namespace, module)
+        outcome = Outcome(
+            desired=desired,
+            service=actual if managed and desired is not None else None,
+            name_conflict=desired is not None and actual is not None and not managed,
+            pods=pods, ready_pods=ready,
+        )
         await self._write_statuses(views, outcome, report)
         return report
 
@@ -139,7 +156,7 @@ class Reconciler:
     def _remember(self, key: ServiceKey, written: JsonObj | None) -> None:
         self._svc_written[key] = (_rv(self.services.get(f"{key.namespace}/{key.name}")), written)
 
-    async def _create(self, desired: DesiredService, report: Report) -> JsonObj:
+    async def _create(self, desired: DesiredService, report: Report) -> None:
         self._fence()
         try:
             created = await self.client.request(
@@ -151,9 +168,8 @@ class Reconciler:
             raise Requeue(f"Service {desired.name} already exists; waiting for the cache") from exc
         report.actions.append("service_created")
         self._remember(ServiceKey(desired.namespace, desired.name), created)
-        return created
 
-    async def _patch(self, actual: Mapping[str, Any], patch: dict[str, Any], report: Report) -> JsonObj:
+    async def _patch(self, actual: Mapping[str, Any], patch: dict[str, Any], report: Report) -> None:
         self._fence()
         meta = actual["metadata"]
         patch.setdefault("metadata", {})["resourceVersion"] = meta["resourceVersion"]  # precondition
@@ -166,7 +182,6 @@ class Reconciler:
             raise Requeue(f"Service {meta['name']} changed under us: {exc.reason}") from exc
         report.actions.append("service_updated")
         self._remember(ServiceKey(meta["namespace"], meta["name"]), updated)
-        return updated
 
     async def _delete(self, actual: Mapping[str, Any], report: Report) -> None:
         self._fence()
