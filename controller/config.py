@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 __all__ = ["Config", "ConfigError"]
 
@@ -44,7 +44,6 @@ class Config:
     shutdown_timeout: float = 25.0
     """How long SIGTERM waits for in-flight reconciles before releasing the Lease."""
     request_timeout: float = 30.0
-    extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.workers < 1:

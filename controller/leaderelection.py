@@ -36,7 +36,7 @@ from typing import Any, NoReturn, Protocol
 import anyio
 import structlog
 
-from .config import ConfigError
+from .config import ConfigError  # one ConfigError for the whole CLI; re-exported in __all__
 from .kube.errors import Conflict, KubeError, NotFound
 from .kube.resources import LEASES
 
@@ -309,7 +309,9 @@ class LeaderElector:
     async def acquire(self) -> None:
         """Blocks until we hold the lease (client-go ``acquire``: ``JitterUntil(RetryPeriod, 1.2)``)."""
         if self._leading:
-            return
+            if self.is_leader:
+                return
+            self._set_leading(False)  # stale term (renew_loop never ran or was cancelled): start over
         while True:
             outcome = await self._try_acquire_or_renew()
             if outcome is _Outcome.HELD:

@@ -169,27 +169,33 @@ class KubeClient:
         query = _query({**params, "watch": True})
         started = time.perf_counter()
         stalled = False
+        responded = False
         try:
-            async with self._session.get(
-                self.base_url + path, params=query, headers=headers,
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_TIMEOUT,
-                                              sock_read=None),
-            ) as resp:
-                self._observe("WATCH", str(resp.status), started)
-                if resp.status >= 300:
-                    raw = await resp.read()
-                    try:
-                        body = orjson.loads(raw) if raw else None
-                    except orjson.JSONDecodeError:
-                        body = None
-                    raise error_from_status(
-                        resp.status, body, retry_after=_retry_after(resp.headers.get("Retry-After"))
-                    )
-                if on_open is not None:
-                    on_open()
-                # bytearray + offsets: a 5 MiB line arriving in 64 KiB chunks stays linear.
-                buf = bytearray()
-                with anyio.CancelScope(deadline=anyio.current_time() + idle_timeout) as scope:
+            # The idle deadline also covers the wait for the response headers: a reused keep-alive
+            # connection that went half-open takes the request and never answers (total/sock_read are
+            # None for the long-lived stream, so nothing else would ever end that wait).
+            with anyio.CancelScope(deadline=anyio.current_time() + idle_timeout) as scope:
+                async with self._session.get(
+                    self.base_url + path, params=query, headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_TIMEOUT,
+                                                  sock_read=None),
+                ) as resp:
+                    responded = True
+                    self._observe("WATCH", str(resp.status), started)
+                    if resp.status >= 300:
+                        raw = await resp.read()
+                        try:
+                            body = orjson.loads(raw) if raw else None
+                        except orjson.JSONDecodeError:
+                            body = None
+                        raise error_from_status(
+                            resp.status, body, retry_after=_retry_after(resp.headers.get("Retry-After"))
+                        )
+                    if on_open is not None:
+                        on_open()
+                    scope.deadline = anyio.current_time() + idle_timeout
+                    # bytearray + offsets: a 5 MiB line arriving in 64 KiB chunks stays linear.
+                    buf = bytearray()
                     async for chunk in resp.content.iter_any():
                         scope.deadline = anyio.current_time() + idle_timeout
                         search_from = len(buf)
@@ -201,15 +207,19 @@ class KubeClient:
                             start = search_from = end + 1
                         if start:
                             del buf[:start]
-                stalled = scope.cancelled_caught
-                if not stalled and bytes(buf).strip():
-                    _dispatch(orjson.loads(buf), on_event)
+                    if bytes(buf).strip():
+                        _dispatch(orjson.loads(buf), on_event)
+            stalled = scope.cancelled_caught
         except ApiError:
             raise
         except (aiohttp.ClientError, TimeoutError, OSError, orjson.JSONDecodeError) as exc:
+            if not responded:
+                self._observe("WATCH", "<error>", started)  # counted like request(): no HTTP response
             raise TransportError(f"WATCH {path}: {type(exc).__name__}: {exc}"[:300]) from exc
         if stalled:
-            raise WatchStalled(f"no event or bookmark for {idle_timeout:.0f}s on {path}")
+            if not responded:
+                self._observe("WATCH", "<error>", started)
+            raise WatchStalled(f"no event or bookmark for {idle_timeout:g}s on {path}")
 
 
 def _dispatch(event: Any, on_event: Callable[[JsonObj], None]) -> None:

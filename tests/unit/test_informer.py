@@ -1,0 +1,881 @@
+"""The Informer and KubeClient against a scripted fake API server (aiohttp on 127.0.0.1, plain HTTP).
+
+The server serves paginated LISTs from a mutable object table and answers each WATCH with the next
+script in a queue (default: headers, then silence until the test ends). Tests synchronise on requests
+the server received, handler calls and anyio Events set by scripts, all under ``anyio.fail_after``
+deadlines; there are no bare sleeps. The informer's backoff is shrunk to 10-50 ms.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import anyio
+import orjson
+import pytest
+from aiohttp import web
+from kubernetes_asyncio.client import Configuration
+
+from controller.informer import Backoff, Informer, Store, object_key, strip_managed_fields
+from controller.kube.client import JsonObj, KubeClient
+from controller.kube.errors import Gone, ServerError, TransportError, WatchStalled
+from controller.kube.resources import PODS
+
+NS = "ns"
+PATH = PODS.path(NS)
+MODULE_PREFIX = "module.koupleless.alipay.com/"
+DEADLINE = 10.0
+MANAGED_FIELDS = [{"manager": "kubectl", "operation": "Update", "fieldsV1": {"f:metadata": {}}}]
+
+
+def pod(name: str, rv: int, *, module: str | None = None, **annotations: str) -> JsonObj:
+    """A Pod as a LIST returns it (items carry no kind/apiVersion) with managedFields."""
+    meta: JsonObj = {"name": name, "namespace": NS, "uid": f"uid-{name}", "resourceVersion": str(rv),
+                     "managedFields": copy.deepcopy(MANAGED_FIELDS)}
+    if module:
+        meta["labels"] = {f"{MODULE_PREFIX}{module}": "true"}
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return {"metadata": meta, "spec": {"containers": [{"name": "c", "image": "i"}]}}
+
+
+def modules_of(obj: JsonObj) -> Iterable[str]:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return [k[len(MODULE_PREFIX):] for k in labels if k.startswith(MODULE_PREFIX)]
+
+
+def status_body(code: int, reason: str, message: str) -> JsonObj:
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
+            "reason": reason, "code": code}
+
+
+# ------------------------------------------------------------------------------------------- fake server
+@dataclass
+class Request:
+    path: str
+    query: dict[str, str]
+
+
+Script = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class WatchStream:
+    """What a watch script can do with its open (chunked) response."""
+
+    def __init__(self, request: web.Request, resp: web.StreamResponse, release: anyio.Event) -> None:
+        self.request = request
+        self.resp = resp
+        self.release = release
+        self.dropped = False
+        self.chunks = 0
+
+    async def raw(self, data: bytes) -> None:
+        self.chunks += 1
+        await self.resp.write(data)
+
+    async def send(self, etype: str, obj: JsonObj) -> None:
+        await self.raw(orjson.dumps({"type": etype, "object": obj}) + b"\n")
+
+    async def bookmark(self, rv: int) -> None:
+        await self.send("BOOKMARK", {"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": str(rv)}})
+
+    async def error(self, code: int, reason: str, message: str) -> None:
+        await self.send("ERROR", status_body(code, reason, message))
+
+    async def hold(self) -> None:
+        """Send nothing more until the test ends."""
+        await self.release.wait()
+
+    def drop(self) -> None:
+        """Cut the TCP connection mid-stream (no terminating chunk)."""
+        transport = self.request.transport
+        assert transport is not None
+        transport.abort()
+        self.dropped = True
+
+
+class FakeApiServer:
+    """Scripted /api/v1/namespaces/ns/pods: LIST with limit/continue, WATCH from a script queue."""
+
+    def __init__(self, objects: Iterable[JsonObj] = (), rv: int = 100) -> None:
+        self.objects: list[JsonObj] = []
+        self.rv = 0
+        self.set_objects(objects, rv)
+        self.lists: list[Request] = []
+        self.watches: list[Request] = []
+        self.scripts: deque[Script] = deque()
+        self.release = anyio.Event()  # set at teardown: every held response ends
+        self.list_gate: anyio.Event | None = None  # when set, LIST requests wait for it
+        self.expire_continue = False  # answer the next LIST with a continue token with 410
+        self.list_errors: deque[int] = deque()  # answer the next LISTs with these HTTP codes
+        self._list_tx, self.list_requests = anyio.create_memory_object_stream[Request](100)
+        self._watch_tx, self.watch_requests = anyio.create_memory_object_stream[Request](100)
+        self.app = web.Application()
+        self.app.router.add_get(PATH, self._handle)
+
+    def set_objects(self, objects: Iterable[JsonObj], rv: int) -> None:
+        self.objects = sorted((copy.deepcopy(o) for o in objects), key=lambda o: str(o["metadata"]["name"]))
+        self.rv = rv
+
+    def script(self, *scripts: Script) -> None:
+        self.scripts.extend(scripts)
+
+    def stream(self, body: Callable[[WatchStream], Awaitable[None]]) -> Script:
+        """A watch answered 200 with a chunked stream driven by ``body``; ends cleanly when it returns."""
+
+        async def run(request: web.Request) -> web.StreamResponse:
+            resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+            resp.enable_chunked_encoding()
+            await resp.prepare(request)
+            ws = WatchStream(request, resp, self.release)
+            try:
+                await body(ws)
+                if not ws.dropped:
+                    await resp.write_eof()
+            except ConnectionError:
+                pass  # the client went away first (e.g. the test ended)
+            return resp
+
+        return run
+
+    def http_error(self, code: int, reason: str, before: Callable[[], None] | None = None) -> Script:
+        async def run(request: web.Request) -> web.StreamResponse:
+            if before is not None:
+                before()
+            return web.json_response(status_body(code, reason, f"{reason} (scripted)"), status=code)
+
+        return run
+
+    def silent(self) -> Script:
+        """Accept the request but never send response headers (a half-open connection)."""
+
+        async def run(request: web.Request) -> web.StreamResponse:
+            await self.release.wait()
+            return web.json_response(status_body(500, "InternalError", "released"), status=500)
+
+        return run
+
+    def close(self) -> None:
+        for stream in (self._list_tx, self.list_requests, self._watch_tx, self.watch_requests):
+            stream.close()
+
+    async def next_list(self) -> Request:
+        return await self.list_requests.receive()
+
+    async def next_watch(self) -> Request:
+        return await self.watch_requests.receive()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        req = Request(request.path, dict(request.query))
+        if req.query.get("watch") == "true":
+            self.watches.append(req)
+            self._watch_tx.send_nowait(req)
+            script = self.scripts.popleft() if self.scripts else self.stream(WatchStream.hold)
+            return await script(request)
+        self.lists.append(req)
+        self._list_tx.send_nowait(req)
+        if self.list_gate is not None:
+            await self.list_gate.wait()
+        if self.list_errors:
+            code = self.list_errors.popleft()
+            return web.json_response(status_body(code, "Scripted", "scripted list failure"), status=code)
+        token = req.query.get("continue")
+        if token is not None and self.expire_continue:
+            self.expire_continue = False
+            return web.json_response(status_body(410, "Expired", "continue token expired"), status=410)
+        start = int(token) if token else 0
+        limit = int(req.query.get("limit") or 0) or len(self.objects)
+        page = self.objects[start:start + limit]
+        meta: JsonObj = {"resourceVersion": str(self.rv)}
+        if start + limit < len(self.objects):
+            meta["continue"] = str(start + limit)
+        return web.json_response({"kind": "PodList", "apiVersion": "v1", "metadata": meta, "items": page})
+
+
+@asynccontextmanager
+async def serving(fake: FakeApiServer) -> AsyncIterator[KubeClient]:
+    """Runs the fake on 127.0.0.1:<free port> and yields a KubeClient pointed at it."""
+    runner = web.AppRunner(fake.app, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with KubeClient(Configuration(host=f"http://127.0.0.1:{port}"), timeout=5) as client:
+            yield client
+    finally:
+        fake.release.set()
+        await runner.cleanup()
+        fake.close()
+
+
+# ---------------------------------------------------------------------------------------------- informer
+@dataclass
+class CountingBackoff(Backoff):
+    calls: int = field(default=0, init=False)
+
+    def next(self, now: float) -> float:
+        self.calls += 1
+        return super().next(now)
+
+
+class Recorder:
+    """An EventHandler that records (op, key, resourceVersion) and lets tests wait for calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+        self.objects: list[JsonObj] = []
+        self.old: list[JsonObj] = []
+        self._changed = anyio.Event()
+
+    def _record(self, op: str, obj: JsonObj) -> None:
+        self.calls.append((op, object_key(obj), str(obj["metadata"].get("resourceVersion"))))
+        self.objects.append(obj)
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    def on_add(self, obj: JsonObj) -> None:
+        self._record("add", obj)
+
+    def on_update(self, old: JsonObj, new: JsonObj) -> None:
+        self.old.append(old)
+        self._record("update", new)
+
+    def on_delete(self, obj: JsonObj) -> None:
+        self._record("delete", obj)
+
+    async def wait_calls(self, n: int) -> None:
+        while len(self.calls) < n:
+            await self._changed.wait()
+
+
+def make_informer(
+    client: KubeClient, recorder: Recorder, *, idle_timeout: float = 30.0, page_size: int = 2
+) -> tuple[Informer, CountingBackoff]:
+    informer = Informer(
+        client, PODS, store=Store({"module": modules_of}), namespace=NS, handlers=[recorder],
+        page_size=page_size, idle_timeout=idle_timeout,
+    )
+    backoff = CountingBackoff(initial=0.01, cap=0.05)
+    informer._backoff = backoff
+    return informer, backoff
+
+
+def rvs(informer: Informer) -> dict[str, str]:
+    return {k: str(o["metadata"]["resourceVersion"]) for k, o in sorted(informer.store._items.items())}
+
+
+# ---------------------------------------------------------------------------------------------- tests
+class TestInitialList:
+    pytestmark = pytest.mark.asyncio
+
+    async def test_paginated_list_fills_store_and_calls_on_add(self) -> None:
+        fake = FakeApiServer([pod(n, 10 + i) for i, n in enumerate("abcde")], rv=100)
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, _ = make_informer(client, rec, page_size=2)
+                await tg.start(inf.run)
+                assert [r.query for r in fake.lists] == [
+                    {"limit": "2"}, {"limit": "2", "continue": "2"}, {"limit": "2", "continue": "4"}]
+                assert all(r.path == PATH for r in fake.lists)
+                assert sorted(inf.store.keys()) == [f"{NS}/{n}" for n in "abcde"]
+                assert rec.calls == [("add", f"{NS}/{n}", str(10 + i)) for i, n in enumerate("abcde")]
+                assert inf.resource_version == "100"
+                tg.cancel_scope.cancel()
+
+    async def test_continue_expired_falls_back_to_one_full_list(self) -> None:
+        fake = FakeApiServer([pod(n, 10) for n in "abc"], rv=100)
+        fake.expire_continue = True
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, _ = make_informer(client, rec, page_size=2)
+                await tg.start(inf.run)
+                assert [r.query for r in fake.lists] == [{"limit": "2"}, {"limit": "2", "continue": "2"}, {}]
+                assert [c[1] for c in rec.calls] == [f"{NS}/{n}" for n in "abc"]
+                tg.cancel_scope.cancel()
+
+
+class TestHasSynced:
+    pytestmark = pytest.mark.asyncio
+
+    async def test_false_before_first_list_true_after(self) -> None:
+        fake = FakeApiServer([pod("a", 10)], rv=100)
+        fake.list_gate = anyio.Event()
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, _ = make_informer(client, rec)
+                synced = [inf.has_synced]
+                tg.start_soon(inf.run)
+                await fake.next_list()
+                synced.append(inf.has_synced)
+                assert len(inf.store) == 0
+                fake.list_gate.set()
+                await fake.next_watch()  # the watch starts only after the list is applied
+                synced.append(inf.has_synced)
+                assert synced == [False, False, True]
+                assert len(inf.store) == 1
+                tg.cancel_scope.cancel()
+
+    async def test_failed_first_list_retries_with_backoff_unsynced_meanwhile(self) -> None:
+        fake = FakeApiServer([pod("a", 10)], rv=100)
+        fake.list_errors.extend([500, 429])
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, backoff = make_informer(client, rec)
+                tg.start_soon(inf.run)
+                synced = []
+                for _ in range(3):
+                    await fake.next_list()
+                    synced.append(inf.has_synced)
+                await fake.next_watch()
+                synced.append(inf.has_synced)
+                assert synced == [False, False, False, True]
+                assert backoff.calls == 2
+                assert [c[:2] for c in rec.calls] == [("add", f"{NS}/a")]
+                tg.cancel_scope.cancel()
+
+    async def test_started_reported_only_after_list(self) -> None:
+        fake = FakeApiServer([pod("a", 10)], rv=100)
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, _ = make_informer(client, rec)
+                await tg.start(inf.run)
+                assert inf.has_synced
+                assert inf.store.get(f"{NS}/a") is not None
+                tg.cancel_scope.cancel()
+
+
+class TestWatchRequest:
+    pytestmark = pytest.mark.asyncio
+
+    async def test_watch_from_list_rv_with_bookmarks_and_server_timeout(self) -> None:
+        fake = FakeApiServer([pod("a", 10)], rv=100)
+
+        async def one_bookmark(s: WatchStream) -> None:
+            await s.bookmark(101)
+
+        fake.script(*(fake.stream(one_bookmark) for _ in range(5)))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, _ = make_informer(client, rec)
+                tg.start_soon(inf.run)
+                first = await fake.next_watch()
+                assert first.path == PATH
+                assert set(first.query) == {"watch", "resourceVersion", "allowWatchBookmarks", "timeoutSeconds"}
+                assert first.query["watch"] == "true"
+                assert first.query["resourceVersion"] == "100"
+                assert first.query["allowWatchBookmarks"] == "true"
+                # a clean end re-watches at once (no relist), each time with a fresh random server timeout
+                for _ in range(5):
+                    await fake.next_watch()
+                assert len(fake.lists) == 1
+                timeouts = [int(w.query["timeoutSeconds"]) for w in fake.watches]
+                assert all(300 <= t < 600 for t in timeouts), timeouts
+                assert [w.query["resourceVersion"] for w in fake.watches] == ["100"] + ["101"] * 5
+                tg.cancel_scope.cancel()
+
+
+class TestWatchEvents:
+    pytestmark = pytest.mark.asyncio
+
+    async def test_added_modified_deleted_applied(self) -> None:
+        fake = FakeApiServer([pod("a", 10, module="m1")], rv=100)
+
+        async def events(s: WatchStream) -> None:
+            await s.send("ADDED", {"kind": "Pod", "apiVersion": "v1", **pod("b", 101, module="m2")})
+            await s.send("MODIFIED", pod("a", 102, module="m2"))
+            await s.send("DELETED", pod("b", 103, module="m2"))
+
+        fake.script(fake.stream(events))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, _ = make_informer(client, rec)
+                await tg.start(inf.run)
+                await fake.next_watch()
+                second = await fake.next_watch()
+                assert second.query["resourceVersion"] == "103"
+                # (op, key) only: on delete the informer hands over the last state it cached
+                assert [c[:2] for c in rec.calls] == [
+                    ("add", f"{NS}/a"), ("add", f"{NS}/b"), ("update", f"{NS}/a"), ("delete", f"{NS}/b")]
+                assert [c[2] for c in rec.calls[:3]] == ["10", "101", "102"]
+                assert rec.old[0]["metadata"]["resourceVersion"] == "10"
+                assert rvs(inf) == {f"{NS}/a": "102"}
+                assert inf.resource_version == "103"
+                assert [o["kind"] for o in rec.objects] == ["Pod"] * 4
+                assert len(fake.lists) == 1
+                tg.cancel_scope.cancel()
+
+    async def test_delete_of_unknown_object_still_notifies(self) -> None:
+        fake = FakeApiServer([], rv=100)
+
+        async def events(s: WatchStream) -> None:
+            await s.send("DELETED", pod("ghost", 101))
+
+        fake.script(fake.stream(events))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, _ = make_informer(client, rec)
+                await tg.start(inf.run)
+                await rec.wait_calls(1)
+                assert rec.calls == [("delete", f"{NS}/ghost", "101")]
+                assert len(inf.store) == 0
+                tg.cancel_scope.cancel()
+
+    async def test_several_events_per_chunk_and_events_split_across_chunks(self) -> None:
+        fake = FakeApiServer([], rv=100)
+        lines = [orjson.dumps({"type": "ADDED", "object": pod(f"p{i}", 101 + i)}) + b"\n" for i in range(6)]
+
+        async def events(s: WatchStream) -> None:
+            await s.raw(lines[0] + lines[1] + lines[2][:7])  # two and a half
+            await s.raw(lines[2][7:-1])  # the rest without its newline
+            await s.raw(b"\n" + lines[3] + b"\n")  # a blank line is ignored
+            await s.raw(lines[4][:1])
+            await s.raw(lines[4][1:] + lines[5][:-1])  # the last line ends at EOF without a newline
+
+        fake.script(fake.stream(events))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, _ = make_informer(client, rec)
+                await tg.start(inf.run)
+                await fake.next_watch()
+                await fake.next_watch()
+                assert [c[1] for c in rec.calls] == [f"{NS}/p{i}" for i in range(6)]
+                assert inf.resource_version == "106"
+                tg.cancel_scope.cancel()
+
+    async def test_bookmark_updates_resource_version_and_calls_no_handler(self) -> None:
+        fake = FakeApiServer([pod("a", 10)], rv=100)
+        seen: list[str] = []
+
+        async def bookmark(s: WatchStream) -> None:
+            await s.bookmark(150)
+
+        fake.script(fake.stream(bookmark))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, backoff = make_informer(client, rec)
+                await tg.start(inf.run)
+                await fake.next_watch()
+                rewatch = await fake.next_watch()  # the stream ended after the bookmark
+                seen.append(inf.resource_version)
+                assert rewatch.query["resourceVersion"] == "150"
+                assert seen == ["150"]
+                assert rec.calls == [("add", f"{NS}/a", "10")]
+                assert rvs(inf) == {f"{NS}/a": "10"}
+                assert len(fake.lists) == 1
+                assert backoff.calls == 0
+                tg.cancel_scope.cancel()
+
+
+class TestGone:
+    pytestmark = pytest.mark.asyncio
+
+    async def test_error_event_410_relists_and_delivers_vanished_as_delete(self) -> None:
+        fake = FakeApiServer([pod("a", 10), pod("b", 11)], rv=100)
+
+        async def expire(s: WatchStream) -> None:
+            await s.send("MODIFIED", pod("a", 101))
+            # while we are away: b is deleted, a changes again, c appears
+            fake.set_objects([pod("a", 120), pod("c", 115)], rv=130)
+            await s.error(410, "Expired", "too old resource version: 101 (125)")
+            await s.hold()
+
+        fake.script(fake.stream(expire))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, _ = make_informer(client, rec)
+                await tg.start(inf.run)
+                await fake.next_list()
+                await fake.next_watch()
+                relist = await fake.next_list()
+                assert relist.query == {"limit": "2"}
+                rewatch = await fake.next_watch()
+                assert rewatch.query["resourceVersion"] == "130"
+                assert rec.calls == [
+                    ("add", f"{NS}/a", "10"), ("add", f"{NS}/b", "11"),
+                    ("update", f"{NS}/a", "101"),
+                    ("update", f"{NS}/a", "120"), ("add", f"{NS}/c", "115"), ("delete", f"{NS}/b", "11"),
+                ]
+                assert rvs(inf) == {f"{NS}/a": "120", f"{NS}/c": "115"}
+                tg.cancel_scope.cancel()
+
+    async def test_relist_skips_unchanged_objects(self) -> None:
+        fake = FakeApiServer([pod("a", 10), pod("b", 11)], rv=100)
+        fake.script(fake.http_error(410, "Expired", before=lambda: fake.set_objects([pod("a", 10)], rv=140)))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, _ = make_informer(client, rec)
+                await tg.start(inf.run)
+                await fake.next_watch()
+                rewatch = await fake.next_watch()
+                assert rewatch.query["resourceVersion"] == "140"
+                assert rec.calls == [("add", f"{NS}/a", "10"), ("add", f"{NS}/b", "11"), ("delete", f"{NS}/b", "11")]
+                tg.cancel_scope.cancel()
+
+    async def test_watch_answered_with_http_410_relists(self) -> None:
+        fake = FakeApiServer([pod("a", 10)], rv=100)
+        fake.script(fake.http_error(410, "Gone", before=lambda: fake.set_objects([pod("a", 10), pod("d", 150)],
+                                                                                   rv=160)))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, _ = make_informer(client, rec)
+                await tg.start(inf.run)
+                await fake.next_list()
+                first = await fake.next_watch()
+                assert first.query["resourceVersion"] == "100"
+                await fake.next_list()
+                rewatch = await fake.next_watch()
+                assert rewatch.query["resourceVersion"] == "160"
+                assert rec.calls == [("add", f"{NS}/a", "10"), ("add", f"{NS}/d", "150")]
+                tg.cancel_scope.cancel()
+
+
+class TestWatchErrors:
+    pytestmark = pytest.mark.asyncio
+
+    @pytest.mark.parametrize(("code", "reason"), [(500, "InternalError"), (400, "BadRequest")])
+    async def test_error_event_other_code_relists_after_backoff(self, code: int, reason: str) -> None:
+        fake = FakeApiServer([pod("a", 10), pod("b", 11)], rv=100)
+
+        async def fail(s: WatchStream) -> None:
+            await s.send("ADDED", pod("c", 101))
+            fake.set_objects([pod("a", 10), pod("c", 101)], rv=110)
+            await s.error(code, reason, "scripted failure")
+            await s.hold()
+
+        fake.script(fake.stream(fail))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, backoff = make_informer(client, rec)
+                await tg.start(inf.run)
+                await fake.next_list()
+                await fake.next_watch()
+                await fake.next_list()
+                assert backoff.calls == 1
+                assert inf.last_error is not None
+                assert str(code) in inf.last_error
+                rewatch = await fake.next_watch()
+                assert rewatch.query["resourceVersion"] == "110"
+                assert rec.calls == [
+                    ("add", f"{NS}/a", "10"), ("add", f"{NS}/b", "11"), ("add", f"{NS}/c", "101"),
+                    ("delete", f"{NS}/b", "11"),
+                ]
+                tg.cancel_scope.cancel()
+
+    async def test_very_short_empty_watch_backs_off_and_rewatches(self) -> None:
+        fake = FakeApiServer([pod("a", 10)], rv=100)
+
+        async def nothing(s: WatchStream) -> None:
+            return None
+
+        fake.script(fake.stream(nothing))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, backoff = make_informer(client, rec)
+                await tg.start(inf.run)
+                await fake.next_watch()
+                rewatch = await fake.next_watch()
+                assert rewatch.query["resourceVersion"] == "100"
+                assert backoff.calls == 1  # client-go: closed within 1 s without an event is an error
+                assert len(fake.lists) == 1
+                tg.cancel_scope.cancel()
+
+    async def test_stall_rewatches_from_same_resource_version(self) -> None:
+        fake = FakeApiServer([pod("a", 10)], rv=100)
+        stalled = anyio.Event()
+
+        async def stall(s: WatchStream) -> None:
+            await s.send("ADDED", pod("b", 101))
+            stalled.set()
+            await s.hold()  # headers and one event, then nothing: a silent, half-dead connection
+
+        fake.script(fake.stream(stall))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, backoff = make_informer(client, rec, idle_timeout=0.5)
+                await tg.start(inf.run)
+                await fake.next_watch()
+                await stalled.wait()
+                started = anyio.current_time()
+                rewatch = await fake.next_watch()
+                assert anyio.current_time() - started >= 0.4  # the watchdog, not the server, ended it
+                assert rewatch.query["resourceVersion"] == "101"
+                assert len(fake.lists) == 1
+                assert backoff.calls == 0
+                assert rec.calls == [("add", f"{NS}/a", "10"), ("add", f"{NS}/b", "101")]
+                tg.cancel_scope.cancel()
+
+    async def test_stall_before_response_headers_rewatches(self) -> None:
+        # A reused keep-alive connection that went half-open: the request is sent, nothing ever comes back.
+        fake = FakeApiServer([pod("a", 10)], rv=100)
+        fake.script(fake.silent())
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, _ = make_informer(client, rec, idle_timeout=0.5)
+                await tg.start(inf.run)
+                await fake.next_watch()
+                rewatch = await fake.next_watch()
+                assert rewatch.query["resourceVersion"] == "100"
+                assert len(fake.lists) == 1
+                tg.cancel_scope.cancel()
+
+    async def test_dropped_connection_backs_off_and_rewatches(self) -> None:
+        fake = FakeApiServer([pod("a", 10)], rv=100)
+
+        async def drop(s: WatchStream) -> None:
+            await s.send("ADDED", pod("b", 101))
+            await s.raw(b'{"type":"MODIFIED","object":{"metadata":')  # half a line, then the cable is cut
+            s.drop()
+
+        fake.script(fake.stream(drop))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, backoff = make_informer(client, rec)
+                await tg.start(inf.run)
+                await fake.next_watch()
+                rewatch = await fake.next_watch()
+                assert rewatch.query["resourceVersion"] == "101"
+                assert backoff.calls == 1
+                assert inf.last_error is not None
+                assert "WATCH" in inf.last_error
+                assert len(fake.lists) == 1  # a connection failure re-watches, it does not relist
+                assert rec.calls == [("add", f"{NS}/a", "10"), ("add", f"{NS}/b", "101")]
+                tg.cancel_scope.cancel()
+
+
+class TestLargeLines:
+    pytestmark = pytest.mark.asyncio
+
+    async def test_5_mib_line_in_many_chunks(self) -> None:
+        fake = FakeApiServer([], rv=100)
+        big = "x" * (5 * 1024 * 1024)
+        line = orjson.dumps({"type": "ADDED", "object": pod("big", 101, huge=big)}) + b"\n"
+        sent = anyio.Event()
+        chunks = 0
+
+        async def large(s: WatchStream) -> None:
+            nonlocal chunks
+            for i in range(0, len(line), 64 * 1024):
+                await s.raw(line[i:i + 64 * 1024])
+            await s.send("ADDED", pod("small", 102))
+            chunks = s.chunks
+            sent.set()
+
+        fake.script(fake.stream(large))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, backoff = make_informer(client, rec)
+                await tg.start(inf.run)
+                await rec.wait_calls(2)
+                await sent.wait()
+                assert chunks > 80
+                obj = inf.store.get(f"{NS}/big")
+                assert obj is not None
+                assert obj["metadata"]["annotations"]["huge"] == big
+                assert [c[1] for c in rec.calls] == [f"{NS}/big", f"{NS}/small"]
+                assert backoff.calls == 0
+                tg.cancel_scope.cancel()
+
+
+class TestTransform:
+    pytestmark = pytest.mark.asyncio
+
+    async def test_managed_fields_stripped_from_list_and_watch(self) -> None:
+        fake = FakeApiServer([pod("a", 10), pod("b", 11)], rv=100)
+
+        async def events(s: WatchStream) -> None:
+            await s.send("ADDED", pod("c", 101))
+            await s.send("MODIFIED", pod("a", 102))
+
+        fake.script(fake.stream(events))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, _ = make_informer(client, rec)
+                await tg.start(inf.run)
+                await rec.wait_calls(4)
+                assert len(inf.store) == 3
+                for obj in [*inf.store.values(), *rec.objects]:
+                    assert "managedFields" not in obj["metadata"]
+                    assert obj["kind"] == "Pod"
+                    assert obj["metadata"]["uid"]  # the rest is kept
+                tg.cancel_scope.cancel()
+
+    async def test_custom_transform_applies_everywhere(self) -> None:
+        fake = FakeApiServer([pod("a", 10)], rv=100)
+
+        async def events(s: WatchStream) -> None:
+            await s.send("ADDED", pod("b", 101))
+
+        fake.script(fake.stream(events))
+        rec = Recorder()
+
+        def slim(obj: JsonObj) -> JsonObj:
+            obj = strip_managed_fields(obj)
+            obj.pop("spec", None)
+            return obj
+
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf = Informer(client, PODS, store=Store(), namespace=NS, handlers=[rec], transform=slim)
+                await tg.start(inf.run)
+                await rec.wait_calls(2)
+                assert all("spec" not in o for o in inf.store.values())
+                tg.cancel_scope.cancel()
+
+class TestStore:
+    def test_strip_managed_fields(self) -> None:
+        obj = pod("a", 1)
+        assert "managedFields" not in strip_managed_fields(obj)["metadata"]
+        assert strip_managed_fields({"kind": "Pod"}) == {"kind": "Pod"}
+        assert strip_managed_fields({"metadata": None}) == {"metadata": None}
+
+    def test_by_index_after_add_update_delete(self) -> None:
+        store = Store({"module": modules_of})
+        a = strip_managed_fields(pod("a", 1, module="m1"))
+        b = strip_managed_fields(pod("b", 1, module="m1"))
+        assert store.upsert(a) is None
+        assert store.upsert(b) is None
+        assert sorted(object_key(o) for o in store.by_index("module", "m1")) == [f"{NS}/a", f"{NS}/b"]
+        a2 = strip_managed_fields(pod("a", 2, module="m2"))
+        assert store.upsert(a2) is a
+        assert [object_key(o) for o in store.by_index("module", "m1")] == [f"{NS}/b"]
+        assert store.by_index("module", "m2") == [a2]
+        assert store.delete(f"{NS}/b") is b
+        assert store.by_index("module", "m1") == []
+        assert store.index_values("module") == ["m2"]  # empty index values are dropped
+        assert store.delete(f"{NS}/b") is None
+        assert store.by_index("module", "unknown") == []
+        assert len(store) == 1
+        assert store.keys() == [f"{NS}/a"]
+
+    def test_multi_valued_index(self) -> None:
+        store = Store({"module": modules_of})
+        obj = pod("a", 1, module="m1")
+        obj["metadata"]["labels"][f"{MODULE_PREFIX}m2"] = "true"
+        store.upsert(obj)
+        assert sorted(store.index_values("module")) == ["m1", "m2"]
+        store.delete(f"{NS}/a")
+        assert store.index_values("module") == []
+
+    def test_object_key(self) -> None:
+        assert object_key({"metadata": {"name": "n", "namespace": "x"}}) == "x/n"
+        assert object_key({"metadata": {"name": "cluster-scoped"}}) == "cluster-scoped"
+
+class TestInformerIndex:
+    pytestmark = pytest.mark.asyncio
+
+    async def test_informer_keeps_index_current(self) -> None:
+        fake = FakeApiServer([pod("a", 10, module="m1"), pod("b", 11, module="m1")], rv=100)
+
+        async def events(s: WatchStream) -> None:
+            await s.send("MODIFIED", pod("a", 101, module="m2"))
+            await s.send("DELETED", pod("b", 102, module="m1"))
+            await s.send("ADDED", pod("c", 103, module="m2"))
+
+        fake.script(fake.stream(events))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, _ = make_informer(client, rec)
+                await tg.start(inf.run)
+                assert sorted(object_key(o) for o in inf.store.by_index("module", "m1")) == [f"{NS}/a", f"{NS}/b"]
+                await rec.wait_calls(5)
+                assert inf.store.by_index("module", "m1") == []
+                assert sorted(object_key(o) for o in inf.store.by_index("module", "m2")) == [f"{NS}/a", f"{NS}/c"]
+                tg.cancel_scope.cancel()
+
+
+class TestKubeClientWatch:
+    """The raw watch reader on its own: typed errors for each way a stream can end."""
+    pytestmark = pytest.mark.asyncio
+
+
+    async def _watch(self, fake: FakeApiServer, idle_timeout: float = 5.0) -> list[JsonObj]:
+        got: list[JsonObj] = []
+        async with serving(fake) as client:
+            await client.watch(PATH, params={"resourceVersion": "1"}, on_event=got.append, idle_timeout=idle_timeout)
+        return got
+
+    async def test_clean_end_returns(self) -> None:
+        fake = FakeApiServer()
+
+        async def events(s: WatchStream) -> None:
+            await s.bookmark(5)
+
+        fake.script(fake.stream(events))
+        with anyio.fail_after(DEADLINE):
+            got = await self._watch(fake)
+        assert [e["type"] for e in got] == ["BOOKMARK"]
+
+    @pytest.mark.parametrize(
+        ("code", "reason", "exc"),
+        [(410, "Expired", Gone), (500, "InternalError", ServerError)],
+    )
+    async def test_error_event_raises_typed_error(self, code: int, reason: str, exc: type[Exception]) -> None:
+        fake = FakeApiServer()
+
+        async def events(s: WatchStream) -> None:
+            await s.error(code, reason, "boom")
+
+        fake.script(fake.stream(events))
+        with anyio.fail_after(DEADLINE), pytest.raises(exc, match="boom"):
+            await self._watch(fake)
+
+    async def test_stall_raises_watch_stalled(self) -> None:
+        fake = FakeApiServer()
+        with anyio.fail_after(DEADLINE), pytest.raises(WatchStalled):
+            await self._watch(fake, idle_timeout=0.3)
+
+    async def test_drop_raises_transport_error(self) -> None:
+        fake = FakeApiServer()
+
+        async def events(s: WatchStream) -> None:
+            await s.raw(b'{"type":')
+            s.drop()
+
+        fake.script(fake.stream(events))
+        with anyio.fail_after(DEADLINE), pytest.raises(TransportError):
+            await self._watch(fake)
+
+    async def test_request_hook_counts_watches_by_code(self) -> None:
+        fake = FakeApiServer()
+
+        async def events(s: WatchStream) -> None:
+            await s.bookmark(5)
+
+        fake.script(fake.stream(events), fake.http_error(410, "Expired"), fake.silent())
+        seen: list[tuple[str, str]] = []
+        params = {"resourceVersion": "1"}
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client:
+                client.on_request = lambda verb, code, seconds: seen.append((verb, code))
+                await client.watch(PATH, params=params, on_event=lambda e: None, idle_timeout=5)
+                with pytest.raises(Gone):
+                    await client.watch(PATH, params=params, on_event=lambda e: None, idle_timeout=5)
+                with pytest.raises(WatchStalled):  # no response headers at all
+                    await client.watch(PATH, params=params, on_event=lambda e: None, idle_timeout=0.3)
+        assert seen == [("WATCH", "200"), ("WATCH", "410"), ("WATCH", "<error>")]
