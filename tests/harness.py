@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager, suppress
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -14,6 +14,7 @@ import anyio
 from prometheus_client import CollectorRegistry
 
 from controller.config import Config
+from controller.desired import MANAGED_BY_LABEL, MANAGED_BY_VALUE, MODULE_LABEL
 from controller.kube.client import JsonObj, KubeClient, load_configuration
 from controller.kube.errors import NotFound
 from controller.kube.resources import MODULE_DEPLOYMENTS, PODS, SERVICES
@@ -61,7 +62,6 @@ async def wait_for(fn: Callable[[], Awaitable[T | None]], *, timeout: float = 30
                    interval: float = 0.05) -> T:
     """Polls ``fn`` until it returns something truthy; fails with the last value after ``timeout``."""
     deadline = time.monotonic() + timeout
-    last: Any = None
     while True:
         last = await fn()
         if last:
@@ -91,10 +91,8 @@ class Api:
                                          content_type="application/merge-patch+json")
 
     async def delete_md(self, ns: str, name: str) -> None:
-        try:
+        with suppress(NotFound):
             await self.client.request("DELETE", MODULE_DEPLOYMENTS.path(ns, name))
-        except NotFound:
-            pass
 
     async def get_svc(self, ns: str, name: str) -> JsonObj | None:
         try:
@@ -102,8 +100,9 @@ class Api:
         except NotFound:
             return None
 
-    async def list_svcs(self, ns: str) -> list[JsonObj]:
-        return list((await self.client.request("GET", SERVICES.path(ns))).get("items") or [])
+    async def list_svcs(self, ns: str, *, label_selector: str | None = None) -> list[JsonObj]:
+        params = {"labelSelector": label_selector} if label_selector else None
+        return list((await self.client.request("GET", SERVICES.path(ns), params=params)).get("items") or [])
 
     async def create_svc(self, ns: str, svc: JsonObj) -> JsonObj:
         return await self.client.request("POST", SERVICES.path(ns), body=svc)
@@ -114,10 +113,8 @@ class Api:
                                          content_type="application/merge-patch+json")
 
     async def delete_svc(self, ns: str, name: str) -> None:
-        try:
+        with suppress(NotFound):
             await self.client.request("DELETE", SERVICES.path(ns, name))
-        except NotFound:
-            pass
 
     async def create_pod(self, ns: str, name: str, labels: dict[str, str]) -> JsonObj:
         return await self.client.request("POST", PODS.path(ns), body={
@@ -138,13 +135,180 @@ class Api:
                                          content_type="application/merge-patch+json")
 
     async def delete_pod(self, ns: str, name: str) -> None:
-        try:
+        with suppress(NotFound):
             await self.client.request("DELETE", PODS.path(ns, name), params={"gracePeriodSeconds": 0})
-        except NotFound:
-            pass
 
     async def events(self, ns: str) -> list[JsonObj]:
         return list((await self.client.request("GET", f"/api/v1/namespaces/{ns}/events")).get("items") or [])
+
+    async def list_mds(self, ns: str) -> list[JsonObj]:
+        return list((await self.client.request("GET", MODULE_DEPLOYMENTS.path(ns))).get("items") or [])
+
+    async def create_mds(self, ns: str, mds: Iterable[JsonObj], *, concurrency: int = 20) -> list[JsonObj]:
+        """Creates all of ``mds`` at once (at most ``concurrency`` requests in flight); returns them."""
+        limiter = anyio.CapacityLimiter(concurrency)
+        created: list[JsonObj] = []
+
+        async def one(md: JsonObj) -> None:
+            async with limiter:
+                created.append(await self.create_md(ns, md))
+
+        async with anyio.create_task_group() as tg:
+            for md in mds:
+                tg.start_soon(one, md)
+        return created
+
+    async def module_service(self, ns: str, name: str) -> JsonObj:
+        """``status.moduleService`` of a ModuleDeployment ({} when absent or the MD is gone)."""
+        return module_service(await self.get_md(ns, name) or {})
+
+    async def wait_reason(self, ns: str, name: str, reason: str, *, timeout: float = 30.0,
+                          check: Callable[[JsonObj], bool] | None = None) -> JsonObj:
+        """Waits until the Ready condition of the MD's ``status.moduleService`` has ``reason`` (and
+        ``check`` holds on the moduleService); returns the moduleService."""
+        async def probe() -> JsonObj | None:
+            ms = await self.module_service(ns, name)
+            if ready_condition(ms).get("reason") == reason and (check is None or check(ms)):
+                return ms
+            return None
+        return await wait_for(probe, timeout=timeout, what=f"{ns}/{name} status reason {reason}")
+
+    async def wait_svc(self, ns: str, name: str, check: Callable[[JsonObj], bool] | None = None, *,
+                       timeout: float = 30.0, what: str = "") -> JsonObj:
+        """Waits until Service ``name`` exists (and ``check`` holds on it); returns it."""
+        async def probe() -> JsonObj | None:
+            svc = await self.get_svc(ns, name)
+            return svc if svc is not None and (check is None or check(svc)) else None
+        return await wait_for(probe, timeout=timeout, what=what or f"Service {ns}/{name}")
+
+    async def wait_svc_gone(self, ns: str, name: str, *, timeout: float = 30.0) -> None:
+        async def gone() -> bool:
+            return await self.get_svc(ns, name) is None
+        await wait_for(gone, timeout=timeout, what=f"Service {ns}/{name} to be gone")
+
+    async def resource_versions(self, ns: str) -> dict[str, str]:
+        """``kind/name -> resourceVersion`` of every Service and ModuleDeployment in ``ns``."""
+        out = {f"Service/{s['metadata']['name']}": s["metadata"]["resourceVersion"] for s in await self.list_svcs(ns)}
+        for md in await self.list_mds(ns):
+            out[f"ModuleDeployment/{md['metadata']['name']}"] = md["metadata"]["resourceVersion"]
+        return out
+
+    async def wait_event(self, ns: str, *, reason: str, involved: str, type_: str = "Normal",
+                         timeout: float = 30.0) -> JsonObj:
+        """Waits until an Event with ``reason`` and ``type_`` about object ``involved`` exists."""
+        async def probe() -> JsonObj | None:
+            return next((e for e in await self.events(ns)
+                         if e.get("reason") == reason and e.get("type") == type_
+                         and (e.get("involvedObject") or {}).get("name") == involved), None)
+        return await wait_for(probe, timeout=timeout, what=f"{type_} Event {reason} on {involved}")
+
+    async def converged_problems(self, ns: str, mds: Iterable[Mapping[str, Any]]) -> list[str]:
+        """What keeps ``mds`` (each the only ModuleDeployment of its module, service enabled) from being
+        converged: each has its exact Service and a Ready status that reports that Service."""
+        svcs = {s["metadata"]["name"]: s for s in await self.list_svcs(ns)}
+        live = {m["metadata"]["name"]: m for m in await self.list_mds(ns)}
+        problems: list[str] = []
+        for md in mds:
+            name = md["metadata"]["name"]
+            module = md["spec"]["template"]["spec"]["module"]["name"]
+            strategy = md["spec"]["operationStrategy"]["serviceStrategy"]
+            svc = svcs.get(f"{module}-service")
+            if svc is None:
+                problems.append(f"{name}: no Service")
+                continue
+            wrong = service_problems(svc, module=module, port=strategy["port"],
+                                     target_port=strategy.get("targetPort"), owners=[md])
+            if wrong:
+                problems.append(f"{name}: {wrong}")
+                continue
+            ms = module_service(live.get(name) or {})
+            cond = ready_condition(ms)
+            if (cond.get("status"), cond.get("reason")) != ("True", "ServiceReady"):
+                problems.append(f"{name}: condition {cond}")
+            elif (ms.get("serviceName"), ms.get("nodePort")) != (f"{module}-service", node_port(svc)):
+                problems.append(f"{name}: status {ms}")
+        return problems
+
+    async def wait_converged(self, ns: str, mds: Iterable[Mapping[str, Any]], *, timeout: float = 60.0) -> None:
+        mds = list(mds)
+        last: list[str] = []
+
+        async def done() -> bool:
+            nonlocal last
+            last = await self.converged_problems(ns, mds)
+            return not last
+        try:
+            await wait_for(done, timeout=timeout, what=f"{len(mds)} ModuleDeployments to converge", interval=0.5)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {len(last)} not converged, e.g. {last[:3]}") from None
+
+    async def create_namespace(self, name: str) -> JsonObj:
+        return await self.client.request("POST", "/api/v1/namespaces", body={
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+
+    async def delete_namespace(self, name: str) -> None:
+        with suppress(NotFound):
+            await self.client.request("DELETE", f"/api/v1/namespaces/{name}")
+
+
+# ---------------------------------------------------------------------------------------------- reading
+LABEL_PREFIX = "module.koupleless.alipay.com/"
+
+
+def module_service(md: Mapping[str, Any]) -> JsonObj:
+    ms = (md.get("status") or {}).get("moduleService")
+    return ms if isinstance(ms, dict) else {}
+
+
+def ready_condition(module_service: Mapping[str, Any]) -> JsonObj:
+    conditions = module_service.get("conditions") or [{}]
+    first = conditions[0]
+    return first if isinstance(first, dict) else {}
+
+
+def owner_refs(svc: Mapping[str, Any]) -> set[tuple[str, str, bool]]:
+    """(name, uid, controller) of every owner reference."""
+    return {(r["name"], r["uid"], bool(r.get("controller")))
+            for r in (svc.get("metadata") or {}).get("ownerReferences") or ()}
+
+
+def service_problems(svc: Mapping[str, Any], *, module: str, port: int, target_port: int | str | None = None,
+                     owners: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Every way ``svc`` differs from the Service the controller must make for ``module``; ``owners`` are
+    the contributing ModuleDeployments, oldest first (it alone is the controller owner)."""
+    problems: list[str] = []
+    meta = svc.get("metadata") or {}
+    spec = svc.get("spec") or {}
+    labels = meta.get("labels") or {}
+    if labels.get(MANAGED_BY_LABEL) != MANAGED_BY_VALUE or labels.get(MODULE_LABEL) != module:
+        problems.append(f"labels {labels}")
+    if spec.get("type") != "NodePort":
+        problems.append(f"type {spec.get('type')}")
+    if spec.get("selector") != {f"{LABEL_PREFIX}{module}": "true"}:
+        problems.append(f"selector {spec.get('selector')}")
+    ports = spec.get("ports") or []
+    want = ("http", "TCP", port, port if target_port is None else target_port)
+    got = [(p.get("name"), p.get("protocol"), p.get("port"), p.get("targetPort")) for p in ports]
+    if got != [want]:
+        problems.append(f"ports {got} != [{want}]")
+    elif not 30000 <= int(ports[0].get("nodePort") or 0) <= 32767:
+        problems.append(f"nodePort {ports[0].get('nodePort')}")
+    wanted_refs = {(md["metadata"]["name"], md["metadata"]["uid"], i == 0) for i, md in enumerate(owners)}
+    if owner_refs(svc) != wanted_refs:
+        problems.append(f"owners {sorted(owner_refs(svc))} != {sorted(wanted_refs)}")
+    refs = meta.get("ownerReferences") or []
+    if any(r.get("blockOwnerDeletion") is not True or r.get("kind") != "ModuleDeployment" for r in refs):
+        problems.append(f"ownerReferences {refs}")
+    return problems
+
+
+def service_strategy(**fields: Any) -> JsonObj:
+    """A merge patch for ``spec.operationStrategy.serviceStrategy`` (camelCase field names)."""
+    return {"spec": {"operationStrategy": {"serviceStrategy": fields}}}
+
+
+def node_port(svc: Mapping[str, Any]) -> int:
+    return int(svc["spec"]["ports"][0]["nodePort"])
 
 
 @asynccontextmanager
@@ -163,7 +327,8 @@ def controller_config(kubeconfig: str, namespace: str, **overrides: Any) -> Conf
 async def running_controller(config: Config) -> AsyncIterator[Manager]:
     """Runs a Manager in a task group opened by the caller's test body (never across a fixture yield)
     and stops it on exit. Yields once its caches have synced."""
-    async with KubeClient(await load_configuration(config.kubeconfig)) as client:
+    client = TrackingKubeClient(await load_configuration(config.kubeconfig))
+    async with client:
         registry = CollectorRegistry()
         manager = Manager(config, client, registry=registry, metrics=Metrics(registry), handle_signals=False)
         async with anyio.create_task_group() as tg:
@@ -172,7 +337,92 @@ async def running_controller(config: Config) -> AsyncIterator[Manager]:
             try:
                 yield manager
             finally:
+                # Let in-flight requests and queued Events finish first (bounded): a request cancelled
+                # mid-flight leaves aiohttp's graceful TLS close to an event loop the test is about to close,
+                # and the unclosed socket then fails a later test with a ResourceWarning.
+                with anyio.move_on_after(10):
+                    while not (controller_quiet(manager) and client.in_flight == 0):
+                        await anyio.sleep(0.05)
                 tg.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------------------------------------- controller
+WRITE_METHODS = ("POST", "PATCH", "PUT", "DELETE")
+
+
+class TrackingKubeClient(KubeClient):
+    """Counts requests in flight (watches aside), and writes (every verb but GET) among them, so a test can
+    tell "quiet" from "a write is on the wire but not yet counted by the metrics hook"."""
+
+    in_flight = 0
+    in_flight_writes = 0
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int | bool] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float | None = None,
+    ) -> JsonObj:
+        write = method.upper() != "GET"
+        self.in_flight += 1
+        self.in_flight_writes += write
+        try:
+            return await super().request(method, path, params=params, body=body, content_type=content_type,
+                                         timeout=timeout)
+        finally:
+            self.in_flight -= 1
+            self.in_flight_writes -= write
+
+
+def _samples(registry: CollectorRegistry, name: str) -> Iterable[tuple[dict[str, str], float]]:
+    for family in registry.collect():
+        for sample in family.samples:
+            if sample.name == name:
+                yield sample.labels, sample.value
+
+
+def request_count(registry: CollectorRegistry, methods: Iterable[str] = WRITE_METHODS) -> float:
+    """Requests the controller sent with one of ``methods`` (all codes, all hosts), from
+    ``rest_client_requests_total``."""
+    wanted = {m.upper() for m in methods}
+    return sum(value for labels, value in _samples(registry, "rest_client_requests_total")
+               if labels.get("method") in wanted)
+
+
+def write_requests(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+    """(method, code) -> count of every write request, for failure messages."""
+    return {(labels["method"], labels["code"]): value
+            for labels, value in _samples(registry, "rest_client_requests_total")
+            if labels.get("method") in WRITE_METHODS and value}
+
+
+def reconcile_count(registry: CollectorRegistry, result: str = "success") -> float:
+    return sum(value for labels, value in _samples(registry, "controller_runtime_reconcile_total")
+               if labels.get("result") == result)
+
+
+def controller_quiet(manager: Manager) -> bool:
+    """Caches synced, nothing queued, delayed or in progress (Service and status lanes), no Event waiting
+    to be posted and no write on the wire: the controller has acted on everything it has seen."""
+    in_flight = manager.client.in_flight_writes if isinstance(manager.client, TrackingKubeClient) else 0
+    active = sum(value for _, value in _samples(manager.registry, "controller_runtime_active_workers"))
+    idle_queues = all(
+        len(queue) == 0 and stats.depth == 0 and stats.waiting == 0 and stats.processing == 0
+        for queue in (manager.queue, manager.status_queue) for stats in [queue.statistics()]
+    )
+    return (all(inf.has_synced for inf in manager.informers) and idle_queues and active == 0
+            and not manager.events._pending and in_flight == 0)
+
+
+async def wait_quiet(manager: Manager, *, timeout: float = 60.0) -> None:
+    async def quiet() -> bool:
+        return controller_quiet(manager)
+    await wait_for(quiet, timeout=timeout, what="the controller to go quiet",
+                   interval=0.1)
 
 
 def _synced(manager: Manager) -> Callable[[], Awaitable[bool]]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -131,7 +132,7 @@ class KubeClient:
             async with self._session.request(
                 verb, self.base_url + path, params=query, data=data, headers=headers,
                 timeout=aiohttp.ClientTimeout(total=timeout or self.timeout, sock_connect=_CONNECT_TIMEOUT),
-            ) as resp:
+            ) as resp, _abort_on_cancel(resp):
                 raw = await resp.read()
                 status = resp.status
                 retry_after = _retry_after(resp.headers.get("Retry-After"))
@@ -179,7 +180,7 @@ class KubeClient:
                     self.base_url + path, params=query, headers=headers,
                     timeout=aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_TIMEOUT,
                                                   sock_read=None),
-                ) as resp:
+                ) as resp, _abort_on_cancel(resp):
                     responded = True
                     self._observe("WATCH", str(resp.status), started)
                     if resp.status >= 300:
@@ -220,6 +221,22 @@ class KubeClient:
             if not responded:
                 self._observe("WATCH", "<error>", started)
             raise WatchStalled(f"no event or bookmark for {idle_timeout:g}s on {path}")
+
+
+@asynccontextmanager
+async def _abort_on_cancel(resp: aiohttp.ClientResponse) -> AsyncIterator[None]:
+    """Cancelled mid-response (e.g. a watch torn down on shutdown): drop the connection at once.
+
+    Otherwise aiohttp starts a graceful TLS close and awaits it in ``__aexit__``, but that await is
+    cancelled with us; when the event loop ends before the close completes (asyncio.run returning, every
+    test), the socket is never closed and leaks.
+    """
+    try:
+        yield
+    except anyio.get_cancelled_exc_class():
+        if resp.connection is not None and resp.connection.protocol is not None:
+            resp.connection.protocol.abort()
+        raise
 
 
 def _dispatch(event: Any, on_event: Callable[[JsonObj], None]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.harness import SEED_MD, Api, api_client, running_controller, controller_config, wait_for
+from tests.harness import SEED_MD, api_client, controller_config, running_controller, wait_for
 
 pytestmark = pytest.mark.asyncio
 
@@ -25,7 +25,8 @@ class TestSeedSample:
             port = spec["ports"][0]
             assert (port["name"], port["protocol"], port["port"], port["targetPort"]) == ("http", "TCP", 8080, 8080)
             assert 30000 <= port["nodePort"] <= 32767
-            assert spec["clusterIP"] and spec["clusterIP"] != "None"
+            assert spec["clusterIP"]
+            assert spec["clusterIP"] != "None"
             assert spec["sessionAffinity"] == "None"
             assert spec["externalTrafficPolicy"] == "Cluster"
             refs = svc["metadata"]["ownerReferences"]

@@ -1,0 +1,60 @@
+"""(i) status.moduleService.pods / readyPods count the Pods carrying the module label (value "true")."""
+
+from __future__ import annotations
+
+import pytest
+
+from controller.kube.client import JsonObj
+from tests.harness import LABEL_PREFIX, Api, api_client, controller_config, module_deployment, running_controller
+
+pytestmark = pytest.mark.asyncio
+
+
+async def _counts(api: Api, ns: str, pods: int, ready: int) -> JsonObj:
+    def check(ms: JsonObj) -> bool:
+        return (ms.get("pods"), ms.get("readyPods")) == (pods, ready)
+    return await api.wait_reason(ns, "md-pods", "ServiceReady", check=check)
+
+
+class TestPodCounts:
+    async def test_counts_follow_labels_readiness_and_deletion(self, kubeconfig: str, namespace: str) -> None:
+        key = f"{LABEL_PREFIX}pods-mod"
+        async with api_client(kubeconfig) as api, running_controller(controller_config(kubeconfig, namespace)):
+            await api.create_md(namespace, module_deployment("md-pods", "pods-mod"))
+            await _counts(api, namespace, 0, 0)
+            svc = await api.get_svc(namespace, "pods-mod-service")
+            assert svc is not None
+
+            await api.create_pod(namespace, "p1", {key: "true"})
+            await api.create_pod(namespace, "p2", {key: "true"})
+            await api.create_pod(namespace, "p3", {f"{LABEL_PREFIX}other-mod": "true"})  # another module
+            await api.create_pod(namespace, "p4", {key: "false"})
+            await _counts(api, namespace, 2, 0)
+
+            await api.set_pod_ready(namespace, "p1", True)
+            await _counts(api, namespace, 2, 1)
+            await api.set_pod_ready(namespace, "p2", True)
+            await api.set_pod_ready(namespace, "p3", True)  # counted nowhere here: 3 would show below
+            await _counts(api, namespace, 2, 2)
+
+            await api.set_pod_ready(namespace, "p1", False)
+            await _counts(api, namespace, 2, 1)
+
+            await api.patch_pod(namespace, "p2", {"metadata": {"labels": {key: "false"}}})
+            await _counts(api, namespace, 1, 0)
+
+            await api.patch_pod(namespace, "p4", {"metadata": {"labels": {key: "true"}}})
+            await _counts(api, namespace, 2, 0)
+            await api.set_pod_ready(namespace, "p4", True)
+            await _counts(api, namespace, 2, 1)
+
+            await api.patch_pod(namespace, "p1", {"metadata": {"labels": {key: None}}})  # label removed
+            await _counts(api, namespace, 1, 1)
+
+            await api.delete_pod(namespace, "p4")
+            await _counts(api, namespace, 0, 0)
+
+            # Pods feed the status only: the Service itself was never written.
+            after = await api.get_svc(namespace, "pods-mod-service")
+            assert after is not None
+            assert after["metadata"]["resourceVersion"] == svc["metadata"]["resourceVersion"]
