@@ -199,7 +199,9 @@ class Informer:
         self.label_selector = label_selector
         self.has_synced = False
         self.resource_version = ""
-        # monotonic time of the last sign of life (list done, watch opened, event or bookmark)
+        # monotonic time of the last sign of life: a list done, or an event or bookmark received. Opening a
+        # watch is not one: a stream that opens and then stays silent (a stalled proxy or LB) re-opens
+        # every idle_timeout, and counting that would keep /healthz green while nothing arrives.
         self.last_activity = anyio.current_time() if _in_loop() else 0.0
         self.last_error: str | None = None
         self._backoff = Backoff()
@@ -240,6 +242,7 @@ class Informer:
                 self.resource_version = ""
             except WatchStalled as exc:
                 self.metrics.watch_error("stall")
+                self.last_error = str(exc)  # shown by the /healthz watch check while stalls repeat
                 self._log.warning("watch_stalled", error=str(exc))
                 # Resume from the last RV at once: the connection is dead, not the RV.
             except KubeError as exc:
@@ -334,7 +337,6 @@ class Informer:
 
         def on_open() -> None:
             self.metrics.watch_start()
-            self._alive()
 
         def on_event(event: JsonObj) -> None:
             nonlocal count

@@ -183,8 +183,8 @@ class Manager:
         ]
 
     def _watch_check(self, inf: Informer) -> Callable[[], str | None]:
-        # A live watch shows a sign of life at least every idle_timeout (events, bookmarks, or the
-        # watchdog's reconnect + relist); twice that plus slack means the loop is wedged.
+        # A live watch shows a sign of life (an event, a bookmark ~every 60 s, or a relist) at least every
+        # idle_timeout; twice that plus slack means the loop is wedged or every re-watch stays silent.
         limit = 2 * inf.idle_timeout + 5
 
         def check() -> str | None:
@@ -298,7 +298,12 @@ class Manager:
         try:
             report = await self.reconciler.reconcile_status(key)
         except (KubeError, NotLeader) as exc:
-            self.status_queue.add_rate_limited(key)
+            if isinstance(exc, TooManyRequests) and exc.retry_after:
+                # Honour the server's Retry-After as the Service lane does; the 5 ms exponential
+                # backoff would retry a throttled status write ~10 times in the first 5 s.
+                self.status_queue.add_after(key, exc.retry_after)
+            else:
+                self.status_queue.add_rate_limited(key)
             log.warning("status_reconciled", key=str(key), result="error", error=str(exc),
                         retries=self.status_queue.num_requeues(key))
             return

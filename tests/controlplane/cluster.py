@@ -69,7 +69,25 @@ def _owned_by(pid: int, directory: Path) -> bool:
     return str(directory) in cmdline
 
 
+# Popen handles of the components we started, kept until they are stopped and polled then: a handle
+# collected without a recorded exit status raises ResourceWarning (an error under the suite's
+# filterwarnings).
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
 def _kill(pid: int, directory: Path, timeout: float = 15.0) -> None:
+    try:
+        _kill_and_wait(pid, directory, timeout)
+    finally:
+        child = _CHILDREN.pop(pid, None)
+        if child is not None:
+            # wait, not poll: a multi-threaded process shows "Z" (so _alive says dead) a little before
+            # the kernel lets it be reaped.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=5)
+
+
+def _kill_and_wait(pid: int, directory: Path, timeout: float) -> None:
     if not (_alive(pid) and _owned_by(pid, directory)):
         return
     with contextlib.suppress(ProcessLookupError):
@@ -183,6 +201,7 @@ class ControlPlane:
             stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.directory,
         )
         log.close()
+        _CHILDREN[proc.pid] = proc
         self.pids[name] = proc.pid
         self._save()
 
@@ -225,6 +244,11 @@ class ControlPlane:
             try:
                 if self.request("/readyz") == "ok":
                     return
+            except urllib.error.HTTPError as exc:
+                # A starting apiserver answers 500; the error holds the open response (a socket that
+                # would raise ResourceWarning when collected): close it.
+                exc.close()
+                last = exc
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 last = exc
             time.sleep(0.2)
@@ -234,10 +258,9 @@ class ControlPlane:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._check_started("etcd")
-            with contextlib.suppress(urllib.error.URLError, OSError):
-                with urllib.request.urlopen(url, timeout=2) as resp:
-                    if resp.status == 200:
-                        return
+            with contextlib.suppress(urllib.error.URLError, OSError), urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
             time.sleep(0.1)
         raise TimeoutError(f"{url} not healthy after {timeout}s")
 
