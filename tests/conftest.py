@@ -7,6 +7,7 @@ Set ``MSC_TEST_CONTROLPLANE_DIR`` to reuse a control plane started with ``python
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import urllib.error
@@ -20,13 +21,6 @@ from tests.controlplane import ControlPlane
 
 ROOT = Path(__file__).resolve().parent.parent
 CRD = ROOT / "manifests" / "crd" / "moduledeployments.yaml"
-
-
-def _needs_controlplane(config: pytest.Config) -> bool:
-    return any(
-        item.get_closest_marker("integration") or item.get_closest_marker("e2e")
-        for item in getattr(config, "_msc_items", [])
-    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -71,7 +65,5 @@ def namespace(controlplane: ControlPlane, request: pytest.FixtureRequest) -> Ite
     controlplane.request("/api/v1/namespaces", "POST", {"apiVersion": "v1", "kind": "Namespace",
                                                          "metadata": {"name": name}})
     yield name
-    try:
+    with contextlib.suppress(urllib.error.URLError):
         controlplane.request(f"/api/v1/namespaces/{name}", "DELETE")
-    except urllib.error.URLError:
-        pass
