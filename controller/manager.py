@@ -22,12 +22,11 @@ from anyio.abc import TaskGroup
 from prometheus_client import CollectorRegistry
 
 from .config import Config
-from .desired import module_of_service
 from .events import EventRecorder
 from .http import HealthChecks, KubeAuthorizer, MetricsServer, ProbeServer
 from .informer import EventHandler, Informer, Store
 from .kube.client import JsonObj, KubeClient
-from .kube.errors import ApiError, KubeError, TooManyRequests
+from .kube.errors import KubeError, TooManyRequests
 from .kube.resources import MODULE_DEPLOYMENTS, PODS, SERVICES, Resource
 from .leaderelection import KubeLeaseApi, LeaderElectionConfig, LeaderElector
 from .mapping import ServiceKey, md_keys, md_module, pod_keys, pod_modules, pod_relevant_change, service_key
@@ -367,7 +366,3 @@ def _synced_check(inf: Informer) -> Callable[[], str | None]:
 def _ns(obj: Mapping[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("namespace") or "")
 
-
-# Re-exported for tests that compute keys the same way the manager does.
-service_module = module_of_service
-_unused = (ApiError,)
