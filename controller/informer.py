@@ -283,7 +283,10 @@ class Informer:
                 items.clear()
                 params = {k: v for k, v in params.items() if k not in ("continue", "limit")}
                 continue
-            items.extend(page.get("items") or [])
+            page_items = page.get("items")
+            if page_items is None and "metadata" not in page:
+                raise TransportError(f"LIST {path}: the response is not a list")
+            items.extend(page_items or [])
             meta = page.get("metadata") or {}
             list_rv = str(meta.get("resourceVersion") or list_rv)
             token = meta.get("continue")

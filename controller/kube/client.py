@@ -148,6 +148,9 @@ class KubeClient:
                 decoded = None
         if status >= 300:
             raise error_from_status(status, decoded, retry_after=retry_after)
+        if raw and not isinstance(decoded, dict):
+            # Never guess: a garbled 2xx LIST read as "{}" would look like "everything was deleted".
+            raise TransportError(f"{verb} {path}: {status} with a body that is not a JSON object")
         return decoded if isinstance(decoded, dict) else {}
 
     async def watch(

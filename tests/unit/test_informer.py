@@ -879,3 +879,43 @@ class TestKubeClientWatch:
                 with pytest.raises(WatchStalled):  # no response headers at all
                     await client.watch(PATH, params=params, on_event=lambda e: None, idle_timeout=0.3)
         assert seen == [("WATCH", "200"), ("WATCH", "410"), ("WATCH", "<error>")]
+
+
+class TestGarbledResponses:
+    """A 2xx answer that is not a JSON object must fail loudly: read as ``{}``, a LIST would look like
+    "every object was deleted" and the controller would delete every Service it manages."""
+    pytestmark = pytest.mark.asyncio
+
+    @pytest.mark.parametrize("body", [b"<html>proxy error</html>", b"[1, 2]", b'{"kind": "Status"'])
+    async def test_request_with_garbled_2xx_body_raises(self, body: bytes) -> None:
+        app = web.Application()
+
+        async def garbled(request: web.Request) -> web.Response:
+            return web.Response(body=body, status=200, content_type="application/json")
+
+        app.router.add_get(PATH, garbled)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            async with KubeClient(Configuration(host=f"http://127.0.0.1:{port}"), timeout=5) as client:
+                with anyio.fail_after(DEADLINE), pytest.raises(TransportError, match="not a JSON object"):
+                    await client.request("GET", PATH)
+        finally:
+            await runner.cleanup()
+
+    async def test_list_without_items_is_not_an_empty_list(self) -> None:
+        store = Store()
+        store.upsert(pod("a", 1))
+        async with serving(FakeApiServer()) as client:
+            informer = Informer(client, PODS, store=store, namespace=NS)
+
+            async def not_a_list(*args: object, **kwargs: object) -> JsonObj:
+                return {}
+
+            client.request = not_a_list  # type: ignore[method-assign]
+            with anyio.fail_after(DEADLINE), pytest.raises(TransportError, match="not a list"):
+                await informer._list("initial")
+        assert store.keys() == [f"{NS}/a"]
