@@ -32,41 +32,15 @@ from .leaderelection import KubeLeaseApi, LeaderElectionConfig, LeaderElector
 from .mapping import ServiceKey, md_keys, md_module, pod_keys, pod_modules, pod_relevant_change, service_key
 from .metrics import Metrics
 from .reconcile import MD_MODULE_INDEX, POD_MODULE_INDEX, NotLeader, Reconciler, Requeue
+from .transforms import slim_md, slim_pod, slim_service
 from .workqueue import ShutDown, WorkQueue
 
-__all__ = ["CONTROLLER_NAME", "Manager", "slim_pod", "slim_service"]
+__all__ = ["CONTROLLER_NAME", "STATUS_QUEUE_NAME", "Manager"]
 
 log = structlog.get_logger(__name__)
 CONTROLLER_NAME = "moduleservice"
 STATUS_QUEUE_NAME = "moduleservice-status"
 _UNFINISHED_PERIOD = 0.5  # client-go's defaultUnfinishedWorkUpdatePeriod
-
-
-def slim_pod(pod: JsonObj) -> JsonObj:
-    """Pods are the largest population: keep only metadata we index and the Ready condition."""
-    meta = pod.get("metadata") or {}
-    status = pod.get("status") or {}
-    ready = [c for c in status.get("conditions") or () if c.get("type") == "Ready"]
-    return {
-        "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "labels",
-                                          "deletionTimestamp") if k in meta},
-        "status": {"conditions": ready, "podIP": status.get("podIP")},
-    }
-
-
-def slim_service(svc: JsonObj) -> JsonObj:
-    meta = svc.get("metadata") or {}
-    meta.pop("managedFields", None)
-    meta.pop("annotations", None)  # never compared; last-applied-configuration can be large
-    svc.pop("status", None)
-    return svc
-
-
-def slim_md(md: JsonObj) -> JsonObj:
-    meta = md.get("metadata") or {}
-    meta.pop("managedFields", None)
-    meta.pop("annotations", None)  # we read none; they can be up to 256 KiB each
-    return md
 
 
 class _Enqueue:
