@@ -267,7 +267,8 @@ class Informer:
             self.metrics.relist(reason)
         self.metrics.list()
         path = self.resource.path(self.namespace)
-        items: list[JsonObj] = []
+        kind = self.resource.kind
+        items: list[JsonObj] = []  # already transformed
         params: dict[str, str | int | bool] = {"limit": self.page_size}
         if self.label_selector:
             params["labelSelector"] = self.label_selector
@@ -286,7 +287,11 @@ class Informer:
             page_items = page.get("items")
             if page_items is None and "metadata" not in page:
                 raise TransportError(f"LIST {path}: the response is not a list")
-            items.extend(page_items or [])
+            # Transform page by page: holding every full object of a 30,000-Pod list until the end
+            # would grow the heap to the size of the full list, and CPython keeps that memory.
+            for raw in page_items or ():
+                raw.setdefault("kind", kind)
+                items.append(self.transform(raw))
             meta = page.get("metadata") or {}
             list_rv = str(meta.get("resourceVersion") or list_rv)
             token = meta.get("continue")
@@ -302,12 +307,10 @@ class Informer:
         return self.namespace is None or key.startswith(self.namespace + "/")
 
     def _replace(self, items: list[JsonObj]) -> None:
-        """Syncs the store to a full list: adds, updates (only when the RV changed) and deletes."""
+        """Syncs the store to a full list of transformed objects: adds, updates (only when the RV changed)
+        and deletes."""
         seen: set[str] = set()
-        kind = self.resource.kind
-        for raw in items:
-            raw.setdefault("kind", kind)
-            obj = self.transform(raw)
+        for obj in items:
             key = object_key(obj)
             seen.add(key)
             old = self.store.get(key)
