@@ -189,7 +189,8 @@ def test_oci_labels(stages: list[Stage]) -> None:
     for key in ("title", "description", "source", "licenses", "version"):
         assert labels.get(f"org.opencontainers.image.{key}"), f"missing OCI label {key}"
     project = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]
-    assert labels["org.opencontainers.image.licenses"] == project["license"]["text"]
+    license_ = project["license"]
+    assert labels["org.opencontainers.image.licenses"] == (license_ if isinstance(license_, str) else license_["text"])
     version = labels["org.opencontainers.image.version"]
     if version.startswith("${"):
         args = {k: v for a in stages[-1].all("ARG") for k, _, v in [a.args.partition("=")]}
