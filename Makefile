@@ -27,6 +27,7 @@ demo: controlplane
 lint: setup
 	$(VENV)/bin/ruff check controller tests bench observability
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 unit: setup
 	$(VENV)/bin/pytest tests/unit -q

@@ -28,10 +28,11 @@ import orjson
 from anyio.abc import TaskStatus
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller.desired import MANAGED_BY_LABEL, MANAGED_BY_VALUE, MODULE_LABEL
-from controller.kube.client import JsonObj, KubeClient, load_configuration
-from controller.kube.errors import ApiError, TransportError
-from controller.kube.resources import MODULE_DEPLOYMENTS, PODS
+from controller.moduleservice.desired import MANAGED_BY_LABEL, MANAGED_BY_VALUE, MODULE_LABEL
+from controller.moduleservice.resources import MODULE_DEPLOYMENTS
+from controller.runtime.kube.client import JsonObj, KubeClient, load_configuration
+from controller.runtime.kube.errors import ApiError, TransportError
+from controller.runtime.kube.resources import PODS
 from tests.controlplane import ControlPlane
 
 T = TypeVar("T")
@@ -82,7 +83,7 @@ class Sizes:
 FULL = Sizes()
 SMOKE = Sizes(
     latency_mds=20, latency_warmup=2, latency_runs=3,
-    burst_mds=100, burst_runs=2,
+    burst_mds=100, burst_runs=1,
     idle_mds=100, idle_window=5.0, idle_runs=2,
     memory_mds=200, memory_pods=600, memory_runs=2, memory_namespaces=2,
     startup_mds=200, startup_runs=2,

@@ -12,7 +12,8 @@ import urllib.error
 
 import anyio
 
-from controller.kube.resources import MODULE_DEPLOYMENTS, SERVICES
+from controller.moduleservice.resources import MODULE_DEPLOYMENTS
+from controller.runtime.kube.resources import SERVICES
 from tests.harness import module_deployment
 
 from .common import (

@@ -13,8 +13,9 @@ import time
 
 import anyio
 
-from controller.kube.client import KubeClient
-from controller.kube.resources import MODULE_DEPLOYMENTS, SERVICES
+from controller.moduleservice.resources import MODULE_DEPLOYMENTS
+from controller.runtime.kube.client import KubeClient
+from controller.runtime.kube.resources import SERVICES
 from tests.harness import module_deployment
 
 from .common import (

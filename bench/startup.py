@@ -14,7 +14,7 @@ import time
 import anyio
 import orjson
 
-from controller.kube.client import JsonObj
+from controller.runtime.kube.client import JsonObj
 from tests.harness import module_deployment
 
 from .common import (

@@ -5,15 +5,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .runtime.errors import ConfigError
+
 __all__ = ["Config", "ConfigError"]
 
 _LABEL_PREFIX = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "console")
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the flag."""
 
 
 @dataclass(frozen=True, slots=True)

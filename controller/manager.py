@@ -22,18 +22,27 @@ from anyio.abc import TaskGroup
 from prometheus_client import CollectorRegistry
 
 from .config import Config
-from .events import EventRecorder
-from .http import HealthChecks, KubeAuthorizer, MetricsServer, ProbeServer
-from .informer import EventHandler, Informer, Store
-from .kube.client import JsonObj, KubeClient
-from .kube.errors import KubeError, TooManyRequests
-from .kube.resources import MODULE_DEPLOYMENTS, PODS, SERVICES, Resource
-from .leaderelection import KubeLeaseApi, LeaderElectionConfig, LeaderElector
-from .mapping import ServiceKey, md_keys, md_module, pod_keys, pod_modules, pod_relevant_change, service_key
-from .metrics import Metrics
-from .reconcile import MD_MODULE_INDEX, POD_MODULE_INDEX, NotLeader, Reconciler, Requeue
-from .transforms import slim_md, slim_pod, slim_service
-from .workqueue import ShutDown, WorkQueue
+from .moduleservice.mapping import (
+    ServiceKey,
+    md_keys,
+    md_module,
+    pod_keys,
+    pod_modules,
+    pod_relevant_change,
+    service_key,
+)
+from .moduleservice.reconcile import MD_MODULE_INDEX, POD_MODULE_INDEX, NotLeader, Reconciler, Requeue
+from .moduleservice.resources import MODULE_DEPLOYMENTS
+from .moduleservice.transforms import slim_md, slim_pod, slim_service
+from .runtime.events import EventRecorder
+from .runtime.http import HealthChecks, KubeAuthorizer, MetricsServer, ProbeServer
+from .runtime.informer import EventHandler, Informer, Store
+from .runtime.kube.client import JsonObj, KubeClient
+from .runtime.kube.errors import KubeError, TooManyRequests
+from .runtime.kube.resources import PODS, SERVICES, Resource
+from .runtime.leaderelection import KubeLeaseApi, LeaderElectionConfig, LeaderElector
+from .runtime.metrics import Metrics
+from .runtime.workqueue import ShutDown, WorkQueue
 
 __all__ = ["CONTROLLER_NAME", "STATUS_QUEUE_NAME", "Manager"]
 

@@ -10,11 +10,11 @@ import prometheus_client
 import structlog
 
 from .config import Config
-from .kube.client import KubeClient, load_configuration
-from .kube.errors import ApiError, KubeError
-from .leaderelection import LeadershipLost
-from .logging import configure
 from .manager import Manager
+from .runtime.kube.client import KubeClient, load_configuration
+from .runtime.kube.errors import ApiError, KubeError
+from .runtime.leaderelection import LeadershipLost
+from .runtime.logging import configure
 
 __all__ = ["run"]
 

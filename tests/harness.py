@@ -14,12 +14,13 @@ import anyio
 from prometheus_client import CollectorRegistry
 
 from controller.config import Config
-from controller.desired import MANAGED_BY_LABEL, MANAGED_BY_VALUE, MODULE_LABEL
-from controller.kube.client import JsonObj, KubeClient, load_configuration
-from controller.kube.errors import NotFound
-from controller.kube.resources import MODULE_DEPLOYMENTS, PODS, SERVICES
 from controller.manager import Manager
-from controller.metrics import Metrics
+from controller.moduleservice.desired import MANAGED_BY_LABEL, MANAGED_BY_VALUE, MODULE_LABEL
+from controller.moduleservice.resources import MODULE_DEPLOYMENTS
+from controller.runtime.kube.client import JsonObj, KubeClient, load_configuration
+from controller.runtime.kube.errors import NotFound
+from controller.runtime.kube.resources import PODS, SERVICES
+from controller.runtime.metrics import Metrics
 
 T = TypeVar("T")
 

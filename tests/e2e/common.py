@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from controller.desired import service_name
+from controller.moduleservice.desired import service_name
 from tests.harness import Api, service_problems, wait_for
 
 

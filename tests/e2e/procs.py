@@ -33,10 +33,10 @@ from anyio.abc import Listener, SocketAttribute, SocketStream, TaskGroup
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from controller.kube.client import JsonObj
-from controller.kube.errors import NotFound
-from controller.kube.resources import LEASES
-from controller.leaderelection import DEFAULT_LOCK_NAME, JITTER_FACTOR
+from controller.runtime.kube.client import JsonObj
+from controller.runtime.kube.errors import NotFound
+from controller.runtime.kube.resources import LEASES
+from controller.runtime.leaderelection import DEFAULT_LOCK_NAME, JITTER_FACTOR
 from tests.harness import Api, wait_for
 
 __all__ = [

@@ -35,10 +35,10 @@ import anyio
 import pytest
 import yaml
 
-from controller.desired import MANAGED_BY_LABEL, MANAGED_BY_VALUE
-from controller.kube.client import JsonObj
-from controller.kube.errors import AlreadyExists, NotFound, ServerError, TooManyRequests, TransportError
 from controller.manager import Manager
+from controller.moduleservice.desired import MANAGED_BY_LABEL, MANAGED_BY_VALUE
+from controller.runtime.kube.client import JsonObj
+from controller.runtime.kube.errors import AlreadyExists, NotFound, ServerError, TooManyRequests, TransportError
 from tests.conftest import CRD
 from tests.controlplane import ControlPlane
 from tests.e2e.common import log_time

@@ -17,7 +17,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from controller.desired import service_name
+from controller.moduleservice.desired import service_name
 from tests.controlplane import ControlPlane
 from tests.e2e.common import Wanted, exact_problems, log_time, wait_service, wait_services_exact
 from tests.e2e.procs import JITTER_FACTOR, SHORT_LEASE, controller_processes

@@ -43,7 +43,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller.kube.client import JsonObj
+from controller.runtime.kube.client import JsonObj
 from tests.controlplane import ControlPlane
 from tests.harness import (
     SEED_MD,

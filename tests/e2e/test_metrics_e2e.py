@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.desired import service_name
-from controller.kube.errors import NotFound
+from controller.moduleservice.desired import service_name
+from controller.runtime.kube.errors import NotFound
 from tests.e2e.common import Wanted, wait_services_exact
 from tests.e2e.procs import LEASE_NAME, Metrics, controller_processes, create_service_account, request_token, unique
 from tests.harness import Api, api_client, module_deployment, wait_for

@@ -19,7 +19,7 @@ import anyio
 import pytest
 import yaml
 
-from controller.desired import service_name
+from controller.moduleservice.desired import service_name
 from tests.conftest import ROOT
 from tests.controlplane import ControlPlane
 from tests.e2e.common import Wanted, wait_service, wait_services_exact

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from controller.kube.errors import Invalid
-from controller.kube.resources import MODULE_DEPLOYMENTS
+from controller.moduleservice.resources import MODULE_DEPLOYMENTS
+from controller.runtime.kube.errors import Invalid
 from tests.controlplane import ControlPlane
 from tests.harness import SEED_MD, Api, api_client, module_deployment, wait_for
 

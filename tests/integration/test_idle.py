@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from controller.events import now_rfc3339
+from controller.runtime.events import now_rfc3339
 from tests.harness import (
     LABEL_PREFIX,
     api_client,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from controller.events import now_rfc3339
-from controller.kube.client import JsonObj
+from controller.runtime.events import now_rfc3339
+from controller.runtime.kube.client import JsonObj
 from tests.harness import (
     LABEL_PREFIX,
     Api,

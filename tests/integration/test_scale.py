@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from controller.desired import MANAGED_BY_LABEL, MANAGED_BY_VALUE
+from controller.moduleservice.desired import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from tests.harness import (
     api_client,
     controller_config,

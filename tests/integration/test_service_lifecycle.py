@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from controller.kube.client import JsonObj
+from controller.runtime.kube.client import JsonObj
 from tests.harness import (
     api_client,
     controller_config,

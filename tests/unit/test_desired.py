@@ -1,4 +1,4 @@
-"""Table tests for controller.desired: parsing ModuleDeployments, the desired Service, ownership and the
+"""Table tests for controller.moduleservice.desired: parsing ModuleDeployments, the desired Service, ownership and the
 patch that makes a live Service match (architecture §3-§4). Pure functions, no I/O."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from controller.desired import (
+from controller.moduleservice.desired import (
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
     MD_API_VERSION,

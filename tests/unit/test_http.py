@@ -11,7 +11,7 @@ import anyio
 import pytest
 from prometheus_client import CollectorRegistry
 
-from controller.http import (
+from controller.runtime.http import (
     HealthChecks,
     KubeAuthorizer,
     MetricsServer,
@@ -19,8 +19,8 @@ from controller.http import (
     generate_self_signed_cert,
     parse_bind,
 )
-from controller.kube.errors import Forbidden, TransportError
-from controller.metrics import Metrics
+from controller.runtime.kube.errors import Forbidden, TransportError
+from controller.runtime.metrics import Metrics
 
 __all__: list[str] = []
 

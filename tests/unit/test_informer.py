@@ -20,10 +20,10 @@ import pytest
 from aiohttp import web
 from kubernetes_asyncio.client import Configuration
 
-from controller.informer import Backoff, Informer, Store, object_key, strip_managed_fields
-from controller.kube.client import JsonObj, KubeClient
-from controller.kube.errors import Gone, ServerError, TransportError, WatchStalled
-from controller.kube.resources import PODS
+from controller.runtime.informer import Backoff, Informer, Store, object_key, strip_managed_fields
+from controller.runtime.kube.client import JsonObj, KubeClient
+from controller.runtime.kube.errors import Gone, ServerError, TransportError, WatchStalled
+from controller.runtime.kube.resources import PODS
 
 NS = "ns"
 PATH = PODS.path(NS)

@@ -1,4 +1,4 @@
-"""Unit tests for controller.leaderelection against an in-memory Lease API with optimistic concurrency.
+"""Unit tests for controller.runtime.leaderelection against an in-memory Lease API with optimistic concurrency.
 
 Timing tests use small real durations (lease 1 s, renew 0.5 s, retry 0.1 s); conditions are awaited
 under ``anyio.fail_after`` deadlines, never slept for. Boundary tests use a fake clock.
@@ -17,7 +17,7 @@ import anyio.lowlevel
 import pytest
 from structlog.testing import capture_logs
 
-from controller.kube.errors import (
+from controller.runtime.kube.errors import (
     AlreadyExists,
     Conflict,
     KubeError,
@@ -25,7 +25,7 @@ from controller.kube.errors import (
     ServerError,
     TransportError,
 )
-from controller.leaderelection import (
+from controller.runtime.leaderelection import (
     DEFAULT_LOCK_NAME,
     ConfigError,
     KubeLeaseApi,

@@ -1,4 +1,4 @@
-"""Table tests for controller.mapping: which Service keys an object change concerns (architecture §3)."""
+"""Table tests for controller.moduleservice.mapping: which Service keys an object change concerns (architecture §3)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from controller.mapping import (
+from controller.moduleservice.mapping import (
     ServiceKey,
     md_keys,
     md_module,

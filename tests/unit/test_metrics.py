@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from controller.metrics import (
+from controller.runtime.metrics import (
     EVENT_TYPES,
     INFORMER_RESOURCES,
     RECONCILE_RESULTS,

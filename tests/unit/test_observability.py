@@ -16,7 +16,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from controller.metrics import Metrics
+from controller.runtime.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 OBS = ROOT / "observability"

@@ -1,4 +1,4 @@
-"""Table tests for controller.status: ``status.moduleService`` (architecture §5) and its merge patch."""
+"""Table tests for controller.moduleservice.status: ``status.moduleService`` (architecture §5) and its merge patch."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from controller.desired import DesiredService, ModuleDeploymentView, desired_service
-from controller.status import (
+from controller.moduleservice.desired import DesiredService, ModuleDeploymentView, desired_service
+from controller.moduleservice.status import (
     REASON_DISABLED,
     REASON_INVALID,
     REASON_NAME_CONFLICT,

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from controller.desired import desired_service, is_managed, parse_module_deployment, service_patch
-from controller.mapping import md_module, pod_keys, pod_ready
-from controller.transforms import slim_md, slim_pod, slim_service
+from controller.moduleservice.desired import desired_service, is_managed, parse_module_deployment, service_patch
+from controller.moduleservice.mapping import md_module, pod_keys, pod_ready
+from controller.moduleservice.transforms import slim_md, slim_pod, slim_service
 from tests.harness import SEED_MD
 
 PREFIX = "module.koupleless.alipay.com/"

@@ -1,4 +1,4 @@
-"""Unit tests for controller.workqueue: client-go workqueue semantics on a fake clock, no real sleeps."""
+"""Unit tests for controller.runtime.workqueue: client-go workqueue semantics on a fake clock, no real sleeps."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from controller.workqueue import (
+from controller.runtime.workqueue import (
     BucketRateLimiter,
     FakeClock,
     ItemExponentialFailureRateLimiter,

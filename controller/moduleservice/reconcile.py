@@ -13,8 +13,15 @@ from typing import Any
 
 import structlog
 
+from ..runtime.events import EventRecorder, ObjectRef, now_rfc3339
+from ..runtime.informer import Store
+from ..runtime.kube.client import JsonObj, KubeClient
+from ..runtime.kube.errors import AlreadyExists, Conflict, NotFound
+from ..runtime.kube.resources import SERVICES
 from .desired import (
     FIELD_MANAGER,
+    MD_API_VERSION,
+    MD_KIND,
     DesiredService,
     ModuleDeploymentView,
     desired_service,
@@ -23,12 +30,8 @@ from .desired import (
     parse_module_deployment,
     service_patch,
 )
-from .events import EventRecorder, ObjectRef, now_rfc3339
-from .informer import Store
-from .kube.client import JsonObj, KubeClient
-from .kube.errors import AlreadyExists, Conflict, NotFound
-from .kube.resources import MODULE_DEPLOYMENTS, SERVICES
 from .mapping import ServiceKey, pod_modules, pod_ready
+from .resources import MODULE_DEPLOYMENTS
 from .status import (
     REASON_INVALID,
     REASON_NAME_CONFLICT,
@@ -252,7 +255,8 @@ class Reconciler:
     # ------------------------------------------------------------------ events
     def _event(self, desired: DesiredService, type_: str, reason: str, message: str) -> None:
         owner = desired.owners[0]
-        self.events.record(ObjectRef(desired.namespace, owner.name, owner.uid), type_, reason, message)
+        ref = ObjectRef(desired.namespace, owner.name, owner.uid, MD_API_VERSION, MD_KIND)
+        self.events.record(ref, type_, reason, message)
 
     def _event_for(self, views: list[ModuleDeploymentView], type_: str, reason: str, message: str) -> None:
         for view in views:
@@ -272,4 +276,4 @@ def _reason(module_service: Any) -> str | None:
 
 
 def _ref(view: ModuleDeploymentView) -> ObjectRef:
-    return ObjectRef(view.namespace, view.name, view.uid)
+    return ObjectRef(view.namespace, view.name, view.uid, MD_API_VERSION, MD_KIND)

@@ -17,7 +17,6 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
-from .desired import MD_API_VERSION, MD_KIND
 from .kube.client import KubeClient
 from .kube.errors import KubeError
 
@@ -33,8 +32,8 @@ class ObjectRef:
     namespace: str
     name: str
     uid: str
-    api_version: str = MD_API_VERSION
-    kind: str = MD_KIND
+    api_version: str  # the involved object's; the framework knows no kinds of its own
+    kind: str
 
 
 def now_rfc3339() -> str:

@@ -38,7 +38,7 @@ from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from controller.kube.errors import KubeError
+from controller.runtime.kube.errors import KubeError
 
 __all__ = [
     "Authorizer",
@@ -357,7 +357,7 @@ def generate_self_signed_cert(hosts: Sequence[str] = ("localhost", "127.0.0.1"))
 
 
 class ReviewClient(Protocol):
-    """The part of :class:`controller.kube.client.KubeClient` the authorizer needs."""
+    """The part of :class:`controller.runtime.kube.client.KubeClient` the authorizer needs."""
 
     # Plain def returning an Awaitable: matches KubeClient's ``async def request`` structurally.
     def request(

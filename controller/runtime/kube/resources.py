@@ -1,11 +1,11 @@
-"""The API resources this controller touches, and how their URL paths are built."""
+"""The ``Resource`` type (how URL paths are built) and the core resources the framework uses."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from urllib.parse import quote
 
-__all__ = ["EVENTS", "LEASES", "MODULE_DEPLOYMENTS", "PODS", "SERVICES", "Resource"]
+__all__ = ["EVENTS", "LEASES", "PODS", "SERVICES", "Resource"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +32,6 @@ class Resource:
         return base
 
 
-MODULE_DEPLOYMENTS = Resource("koupleless.alipay.com", "v1alpha1", "moduledeployments", "ModuleDeployment")
 SERVICES = Resource("", "v1", "services", "Service")
 PODS = Resource("", "v1", "pods", "Pod")
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")

@@ -36,7 +36,7 @@ from typing import Any, NoReturn, Protocol
 import anyio
 import structlog
 
-from .config import ConfigError  # one ConfigError for the whole CLI; re-exported in __all__
+from .errors import ConfigError  # one ConfigError for the whole CLI; re-exported in __all__
 from .kube.errors import Conflict, KubeError, NotFound
 from .kube.resources import LEASES
 
@@ -187,7 +187,7 @@ class _Requester(Protocol):
 
 
 class KubeLeaseApi:
-    """:class:`LeaseApi` over :class:`controller.kube.client.KubeClient`.
+    """:class:`LeaseApi` over :class:`controller.runtime.kube.client.KubeClient`.
 
     Pass ``timeout=config.request_timeout`` so a hung request cannot outlive the renew deadline.
     """

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .kube.client import JsonObj
+from ..runtime.kube.client import JsonObj
 
 __all__ = ["slim_md", "slim_pod", "slim_service"]
 
