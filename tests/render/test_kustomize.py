@@ -1,0 +1,174 @@
+"""The kustomize layout (issue 11 part 1, issue 9 item 5), rendered with the pinned kubectl: a default
+install that needs no CRD and no Prometheus Operator, the CRD on its own, monitoring opt-in, the profile
+variants and the namespaced variant; and no variant that `kubectl delete -k` could take a CRD or a
+ModuleDeployment away with."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.render.common import (
+    CLUSTER_SCOPED,
+    GROUPS,
+    MANIFESTS,
+    NAME,
+    NAMESPACE,
+    ROOT,
+    Obj,
+    container,
+    find,
+    kinds,
+    kustomize,
+    normalize,
+)
+
+DEFAULT_KINDS = sorted(["Namespace", "ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRoleBinding", "Role",
+                        "RoleBinding", "Deployment", "PodDisruptionBudget", "Service"])
+MONITORING_KINDS = ["ConfigMap", "PrometheusRule", "ServiceMonitor"]
+# Everything a user runs `kubectl delete -k` on.
+UNINSTALLABLE = ["", "variants/monitoring", "variants/koupleless", "variants/sofa-serverless", "variants/namespaced"]
+SECURE_ONLY = {("authentication.k8s.io", "tokenreviews"), ("authorization.k8s.io", "subjectaccessreviews")}
+
+
+@pytest.fixture(scope="module")
+def default() -> list[Obj]:
+    return kustomize(MANIFESTS)
+
+
+def _args(objects: list[Obj]) -> list[str]:
+    args = container(objects)["args"]
+    assert isinstance(args, list)
+    return args
+
+
+def test_default_install_needs_no_crd_and_no_prometheus_operator(default: list[Obj]) -> None:
+    assert kinds(default) == DEFAULT_KINDS
+    for o in default:
+        assert o["apiVersion"].split("/")[0] in ("v1", "apps", "policy", "rbac.authorization.k8s.io"), o["kind"]
+        assert o["metadata"]["labels"]["app.kubernetes.io/part-of"] == NAME, o["kind"]
+        if o["kind"] not in CLUSTER_SCOPED:
+            assert o["metadata"]["namespace"] == NAMESPACE, o["kind"]
+    # The seed profile is the controller's default: no --profile flag, rules on the seed's group.
+    assert not [a for a in _args(default) if a.startswith("--profile")]
+    role = normalize(find(default, "ClusterRole", NAME)["rules"])
+    assert {group for group, resource in role if resource.startswith("moduledeployments")} == {GROUPS["seed"]}
+
+
+def test_crd_is_its_own_kustomization() -> None:
+    objects = kustomize(MANIFESTS / "crd")
+    crd = find(objects, "CustomResourceDefinition")
+    assert crd["metadata"]["name"] == f"moduledeployments.{GROUPS['seed']}"
+    assert crd["metadata"]["labels"]["app.kubernetes.io/part-of"] == NAME
+    assert len(objects) == 1
+
+
+@pytest.mark.parametrize("directory", UNINSTALLABLE)
+def test_no_uninstallable_variant_holds_a_crd_or_module_deployment(directory: str) -> None:
+    """`kubectl delete -k <variant>` deletes what the variant renders: never a CRD (which would take every
+    ModuleDeployment with it), never a ModuleDeployment."""
+    rendered = kinds(kustomize(MANIFESTS / directory))
+    assert "CustomResourceDefinition" not in rendered
+    assert "ModuleDeployment" not in rendered
+
+
+def test_monitoring_is_opt_in(default: list[Obj]) -> None:
+    objects = kustomize(MANIFESTS / "variants" / "monitoring")
+    assert kinds(objects) == sorted(DEFAULT_KINDS + MONITORING_KINDS)
+    for o in objects:
+        assert o["metadata"]["labels"]["app.kubernetes.io/part-of"] == NAME, o["kind"]
+        if o["kind"] not in CLUSTER_SCOPED:
+            assert o["metadata"]["namespace"] == NAMESPACE, o["kind"]
+    dashboard = find(objects, "ConfigMap")
+    assert dashboard["metadata"]["name"] == f"{NAME}-dashboard", "a stable name: no hash suffix"
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    source = json.loads((ROOT / "observability" / "grafana-dashboard.json").read_text(encoding="utf-8"))
+    assert json.loads(dashboard["data"]["module-service-controller.json"]) == source
+    rule = find(objects, "PrometheusRule")
+    alerts = yaml.safe_load((ROOT / "observability" / "alerts.yaml").read_text(encoding="utf-8"))
+    assert rule["spec"]["groups"] == alerts["groups"]
+    # The ServiceMonitor selects the metrics Service, on its port.
+    monitor, service = find(objects, "ServiceMonitor"), find(objects, "Service")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"] == "https"
+    # Everything else is the default install, unchanged.
+    same = [o for o in objects if o["kind"] not in MONITORING_KINDS]
+    assert sorted(map(json.dumps, same)) == sorted(map(json.dumps, default))
+
+
+@pytest.mark.parametrize("profile", ["koupleless", "sofa-serverless"])
+def test_koupleless_profiles(profile: str, default: list[Obj]) -> None:
+    objects = kustomize(MANIFESTS / "variants" / profile)
+    assert kinds(objects) == DEFAULT_KINDS, "no CRD: the Koupleless install owns it"
+    args = _args(objects)
+    assert args == [*_args(default), f"--profile={profile}"]
+    rules = normalize(find(objects, "ClusterRole", NAME)["rules"])
+    seed_rules = normalize(find(default, "ClusterRole", NAME)["rules"])
+    # The same rules, on the profile's group instead of the seed's.
+    moved = {((GROUPS[profile] if g == GROUPS["seed"] else g), r): v for (g, r), v in seed_rules.items()}
+    assert rules == moved
+    assert GROUPS["seed"] not in json.dumps(objects)
+    # Nothing but the args and the rules differ.
+    strip = [o for o in objects if o["kind"] not in ("Deployment", "ClusterRole")]
+    assert sorted(map(json.dumps, strip)) == sorted(
+        json.dumps(o) for o in default if o["kind"] not in ("Deployment", "ClusterRole"))
+    metrics_reader = find(objects, "ClusterRole", f"{NAME}-metrics-reader")
+    assert metrics_reader == find(default, "ClusterRole", f"{NAME}-metrics-reader")
+
+
+def test_namespaced_variant(default: list[Obj]) -> None:
+    objects = kustomize(MANIFESTS / "variants" / "namespaced")
+    assert not [o["kind"] for o in objects if o["kind"] in CLUSTER_SCOPED], "nothing cluster-scoped"
+    assert kinds(objects) == sorted(["ServiceAccount", "Role", "Role", "RoleBinding", "RoleBinding", "Deployment",
+                                     "PodDisruptionBudget", "Service"])
+    assert {o["metadata"]["namespace"] for o in objects} == {NAMESPACE}
+    # The controller's Role: the ClusterRole's rules less the two only secure metrics need.
+    role = normalize(find(objects, "Role", NAME)["rules"])
+    cluster_role = normalize(find(default, "ClusterRole", NAME)["rules"])
+    assert role == {k: v for k, v in cluster_role.items() if k not in SECURE_ONLY}
+    binding = find(objects, "RoleBinding", NAME)
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE}]
+    c = container(objects)
+    assert c["args"] == ["--leader-elect", "--metrics-bind-address=:8080", "--health-probe-bind-address=:8081",
+                         "--namespace=$(POD_NAMESPACE)"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    # Kubernetes expands $(VAR) only from variables defined before use: POD_NAMESPACE is defined.
+    assert [p["containerPort"] for p in c["ports"] if p["name"] == "http"] == [8080]
+    (port,) = find(objects, "Service")["spec"]["ports"]
+    assert (port["name"], port["port"], port["targetPort"]) == ("http", 8080, "http")
+
+
+def test_namespaced_overlay_moves_everything_and_combines_with_a_profile(tmp_path: Path) -> None:
+    """The README's overlay: the namespaced variant in a team's own namespace, with a profile."""
+    rel = Path(os.path.relpath(MANIFESTS, tmp_path))
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": "team-a",
+        "resources": [str(rel / "variants" / "namespaced")], "components": [str(rel / "profiles" / "koupleless")],
+    }))
+    objects = kustomize(tmp_path)
+    assert {o["metadata"]["namespace"] for o in objects} == {"team-a"}
+    for b in (o for o in objects if o["kind"] == "RoleBinding"):
+        assert b["subjects"] == [{"kind": "ServiceAccount", "name": NAME, "namespace": "team-a"}]
+    role = normalize(find(objects, "Role", NAME)["rules"])
+    assert {g for g, r in role if r.startswith("moduledeployments")} == {GROUPS["koupleless"]}
+    assert container(objects)["args"][-2:] == ["--namespace=$(POD_NAMESPACE)", "--profile=koupleless"]
+
+
+def _kustomization(directory: Path) -> Obj:
+    data = yaml.safe_load((directory / "kustomization.yaml").read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.mark.parametrize("directory", ["crd", "rbac", "manager", "prometheus", "samples", "namespaced"])
+def test_kustomizations_list_every_file(directory: str) -> None:
+    path = MANIFESTS / directory
+    listed = set(_kustomization(path).get("resources", []))
+    present = {p.name for p in path.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == present
