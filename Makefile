@@ -25,7 +25,7 @@ demo: controlplane
 	bash scripts/demo.sh
 
 lint: setup
-	$(VENV)/bin/ruff check controller tests bench observability
+	$(VENV)/bin/ruff check controller tests bench observability scripts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 

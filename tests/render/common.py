@@ -71,7 +71,8 @@ def helm_template_error(*sets: str) -> str:
 
 def find(objects: list[Obj], kind: str, name: str | None = None) -> Obj:
     found = [o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
-    assert len(found) == 1, f"{kind}/{name}: found {len(found)} in {[(o['kind'], o['metadata']['name']) for o in objects]}"
+    present = [(o["kind"], o["metadata"]["name"]) for o in objects]
+    assert len(found) == 1, f"{kind}/{name}: found {len(found)} in {present}"
     return found[0]
 
 

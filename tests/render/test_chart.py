@@ -73,7 +73,8 @@ def test_default_render(default: list[Obj]) -> None:
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"https": 8443, "health": 8081}
     pdb = find(default, "PodDisruptionBudget")
     assert pdb["spec"]["maxUnavailable"] == 1
-    assert pdb["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
 
 
 def test_crd_install_and_keep_switches(default: list[Obj]) -> None:
