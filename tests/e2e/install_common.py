@@ -43,13 +43,13 @@ WAIT = 60.0  # generous: a loaded 2-core machine, and the garbage collector poll
 
 
 def run_tool(binary: Path, cp: ControlPlane, *args: str, kubeconfig: Path | None = None, input: str | None = None,
-             cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """kubectl or helm against ``cp``, from the repository root so that paths read exactly like the
     README's (``-k manifests/``). Never raises on a non-zero exit."""
     return subprocess.run(
         [str(binary), f"--kubeconfig={kubeconfig or cp.kubeconfig}", *args],
-        cwd=cwd, input=input, capture_output=True, text=True, check=False, timeout=KUBECTL_TIMEOUT,
-        env={k: v for k, v in os.environ.items() if k != "KUBECONFIG"},
+        cwd=ROOT, input=input, capture_output=True, text=True, check=False, timeout=KUBECTL_TIMEOUT,
+        env={**{k: v for k, v in os.environ.items() if k != "KUBECONFIG"}, **(env or {})},
     )
 
 
