@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup controlplane demo test lint unit integration e2e bench bench-smoke clean
+.PHONY: setup controlplane helm demo test lint unit integration e2e bench bench-smoke clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ setup: $(STAMP)
 controlplane: setup
 	$(PY) -m tests.controlplane build
 
+# Builds helm from the pinned helm.sh/helm/v3 Go module (tests/helm/build.sh; cached in
+# ~/.cache/module-service-controller/helm; a cold build took ~5 minutes here).
+helm: setup
+	$(PY) -m tests.helm build
+
 # Everything from a fresh clone: venv, control plane, CRD, the controller, the seed's sample -> its Service.
 demo: controlplane
 	bash scripts/demo.sh
@@ -33,7 +38,7 @@ unit: setup
 	$(VENV)/bin/pytest tests/unit -q
 
 # The test command: lint, type-check, then every tier against a real local control plane.
-test: controlplane
+test: controlplane helm
 	bash .ci/install-promtool.sh
 	$(MAKE) --no-print-directory lint
 	$(VENV)/bin/pytest tests -q
