@@ -35,8 +35,10 @@ from tests.e2e.install_common import (
     kubectl,
     ok,
     poll,
+    request_token,
     run_tool,
     start_controller,
+    token_kubeconfig,
 )
 from tests.e2e.install_common import sa_kubeconfig as _sa_kubeconfig
 from tests.e2e.install_scenarios import (  # collected here, against this module's install
@@ -88,13 +90,13 @@ MONITORING_OBJECTS = [
 ]
 
 
-def _helm(installed: Installed, *args: str) -> str:
+def _helm(installed: Installed, *args: str, kubeconfig: Path | None = None) -> str:
     """helm against the install's control plane, with its own config and cache directories; returns
     stdout and stderr (printed with ``-s``), asserting exit 0."""
     home = installed.tmp / "helm-home"
     env = {"HELM_CONFIG_HOME": str(home / "config"), "HELM_CACHE_HOME": str(home / "cache"),
            "HELM_DATA_HOME": str(home / "data")}
-    proc = run_tool(ensure_helm(), installed.cp, *args, env=env)
+    proc = run_tool(ensure_helm(), installed.cp, *args, kubeconfig=kubeconfig, env=env)
     output = proc.stdout + proc.stderr
     print(f"\n$ helm {' '.join(args)}\n{output}")
     assert proc.returncode == 0, output
@@ -210,3 +212,37 @@ def test_helm_uninstall_keeps_the_crd_the_module_deployments_and_their_services(
         assert releases == []
     finally:
         delete(cp, f"/api/v1/namespaces/{ns}")
+
+
+def test_helm_namespaced_install_by_a_namespace_owner(installed: Installed) -> None:
+    """Namespaced mode: a ServiceAccount that may do anything in team-b and nothing cluster-wide installs
+    the chart there (the CRD is the cluster admin's, still here after the uninstall above); the
+    controller serves team-b under its Role; the owner uninstalls it again."""
+    cp = installed.cp
+    team = create_namespace(cp, "team-b")
+    ok(kubectl(cp, "create", "serviceaccount", "installer", "-n", team))
+    ok(kubectl(cp, "create", "role", "owner", "-n", team, "--verb=*", "--resource=*.*"))
+    ok(kubectl(cp, "create", "rolebinding", "owner", "-n", team, "--role=owner", f"--serviceaccount={team}:installer"))
+    owner = token_kubeconfig(cp, request_token(cp, team, "installer"), installed.tmp / "owner.kubeconfig")
+    try:
+        output = _helm(installed, "install", RELEASE, CHART, "--namespace", team, "--set", "namespaced.enabled=true",
+                       "--set", "metrics.secure=false", kubeconfig=owner)
+        assert "STATUS: deployed" in output
+        role = get(cp, "role", team, RELEASE)
+        assert {g for rule in role["rules"] for g in rule["apiGroups"]} >= {"koupleless.alipay.com"}
+        controller = start_controller(installed, get(cp, "deployment.apps", team, RELEASE),
+                                      _sa_kubeconfig(installed, team, SA_NAME), lease_namespace=team)
+        assert f"--namespace={team}" in controller.argv
+        cp.request(f"/apis/koupleless.alipay.com/v1alpha1/namespaces/{team}/moduledeployments", "POST",
+                   module_deployment("team", "m-team"))
+        svc = poll(lambda: exists(cp, f"/api/v1/namespaces/{team}/services/m-team-service")
+                   and cp.request(f"/api/v1/namespaces/{team}/services/m-team-service"),
+                   timeout=WAIT, what="m-team-service")
+        assert svc["spec"]["selector"] == {"module.koupleless.alipay.com/m-team": "true"}
+        assert controller.stop() == 0, controller.log_tail()
+        assert "forbidden" not in controller.log_path.read_text(errors="replace").lower(), controller.log_tail()
+        _helm(installed, "uninstall", RELEASE, "--namespace", team, kubeconfig=owner)
+        poll(gone(cp, "deployment.apps", team, RELEASE), timeout=WAIT, what="the Deployment to be gone")
+        assert exists(cp, f"/apis/koupleless.alipay.com/v1alpha1/namespaces/{team}/moduledeployments/team")
+    finally:
+        delete(cp, f"/api/v1/namespaces/{team}")
