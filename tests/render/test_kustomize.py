@@ -172,3 +172,20 @@ def test_kustomizations_list_every_file(directory: str) -> None:
     listed = set(_kustomization(path).get("resources", []))
     present = {p.name for p in path.glob("*.yaml")} - {"kustomization.yaml"}
     assert listed == present
+
+
+def test_namespaced_with_monitoring_scrapes_plain_http(tmp_path: Path) -> None:
+    """README: monitoring in namespaced mode is base + the prometheus component, then the namespaced one."""
+    rel = Path(os.path.relpath(MANIFESTS, tmp_path))
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": "team-a",
+        "resources": [str(rel / "base")], "components": [str(rel / "prometheus"), str(rel / "namespaced")]}))
+    objects = kustomize(tmp_path)
+    assert not [o["kind"] for o in objects if o["kind"] in CLUSTER_SCOPED]
+    monitor, service = find(objects, "ServiceMonitor"), find(objects, "Service")
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert (endpoint["port"], endpoint["scheme"]) == ("http", "http")
+    assert "bearerTokenFile" not in endpoint
+    assert service["spec"]["ports"][0]["name"] == "http"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert {o["metadata"]["namespace"] for o in objects} == {"team-a"}
