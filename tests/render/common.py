@@ -3,7 +3,9 @@ template`` (tests/helm). No cluster is needed."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +48,11 @@ def kustomize(directory: Path) -> list[Obj]:
 
 
 def helm_run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(helm()), *args], capture_output=True, text=True, check=False, cwd=ROOT)
+    # Helm's own config/cache/data directories in a scratch place, not the user's home.
+    home = Path(tempfile.gettempdir()) / "msc-helm-home"
+    env = {**os.environ, "HELM_CONFIG_HOME": str(home / "config"), "HELM_CACHE_HOME": str(home / "cache"),
+           "HELM_DATA_HOME": str(home / "data")}
+    return subprocess.run([str(helm()), *args], capture_output=True, text=True, check=False, cwd=ROOT, env=env)
 
 
 def helm_template(*sets: str, namespace: str = NAMESPACE, release: str = RELEASE) -> list[Obj]:
