@@ -39,7 +39,7 @@ unit: setup
 
 # The test command: lint, type-check, then every tier against a real local control plane.
 test: controlplane helm
-	bash .ci/install-promtool.sh
+	bash .ci/install-prometheus.sh
 	$(MAKE) --no-print-directory lint
 	$(VENV)/bin/pytest tests -q
 

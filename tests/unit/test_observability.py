@@ -3,6 +3,7 @@ PrometheusRule generated from the alert rules. promtool runs when it is installe
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
@@ -98,6 +99,7 @@ EXPECTED_ALERTS = {
     "ModuleServiceControllerReconcileLatencyP99High",
     "ModuleServiceControllerQueueDepthGrowing",
     "ModuleServiceControllerWatchSilent",
+    "ModuleServiceControllerAPIServerErrors",
     "ModuleServiceControllerDown",
 }
 
@@ -406,7 +408,7 @@ def test_prometheusrule_in_sync_with_alerts(alerts: dict[str, Any]) -> None:
 _PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
     _PROMTOOL is None,
-    reason="promtool is not installed (bash .ci/install-promtool.sh installs Debian's prometheus package)",
+    reason="promtool is not installed (bash .ci/install-prometheus.sh installs Debian's prometheus package)",
 )
 
 
@@ -432,3 +434,95 @@ def test_promtool_test_rules() -> None:
         ("ModuleServiceControllerReconcileErrorRatioHigh", True),
     ):
         assert needed in covered, needed
+
+
+# --- selectors (a mixin's _config) ------------------------------------------------------------------
+
+
+def _render_module() -> Any:
+    spec = importlib.util.spec_from_file_location("render_prometheusrule", RENDER)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+_MATCHERS = re.compile(r"\b([a-z_]+)\{([^}]*)\}")
+
+
+def test_default_selectors_match_the_kustomize_install(alerts: dict[str, Any], dashboard: dict[str, Any]) -> None:
+    """The Prometheus Operator names a ServiceMonitor's job after the Service it selects: the defaults
+    must be that Service's name and namespace."""
+    service = yaml.safe_load((ROOT / "manifests" / "prometheus" / "metrics_service.yaml").read_text(encoding="utf-8"))
+    monitor = yaml.safe_load((ROOT / "manifests" / "prometheus" / "servicemonitor.yaml").read_text(encoding="utf-8"))
+    assert "jobLabel" not in monitor["spec"]
+    job, namespace = service["metadata"]["name"], service["metadata"]["namespace"]
+    render = _render_module()
+    assert render.Config().selector == f'job="{job}", namespace="{namespace}"'
+    for rule in _rules(alerts):
+        for metric, matchers in _MATCHERS.findall(rule["expr"]):
+            assert f'job="{job}"' in matchers, (rule["alert"], metric)
+            assert f'namespace="{namespace}"' in matchers, (rule["alert"], metric)
+    variables = _variables(dashboard)
+    assert variables["job"]["current"]["value"] == job
+    assert variables["namespace"]["current"]["value"] == namespace
+    assert variables["cluster"]["includeAll"] is True
+    assert variables["cluster"]["allValue"] == ".*"  # no cluster label at all still matches
+
+
+def test_render_with_other_selectors(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(RENDER), "--job", "msc", "--namespace", "ops", "--cluster-label", "k8s_cluster",
+         "--output-dir", str(tmp_path)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    rendered = yaml.safe_load((tmp_path / "alerts.yaml").read_text(encoding="utf-8"))
+    for rule in _rules(rendered):
+        expr = rule["expr"]
+        for metric, matchers in _MATCHERS.findall(expr):
+            assert 'job="msc", namespace="ops"' in matchers, (rule["alert"], metric)
+        assert "module-service-controller-metrics" not in expr
+        assert "module-service-system" not in expr
+        if "by (" in expr or "on (" in expr:
+            assert "k8s_cluster" in expr, rule["alert"]
+    rule = yaml.safe_load((tmp_path / "prometheusrule.yaml").read_text(encoding="utf-8"))
+    assert rule["spec"]["groups"] == rendered["groups"]
+    board = json.loads((tmp_path / "grafana-dashboard.json").read_text(encoding="utf-8"))
+    for panel, expr in _exprs(board):
+        for metric, matchers in _MATCHERS.findall(expr):
+            assert matchers.startswith('k8s_cluster=~"$cluster", namespace=~"$namespace", job=~"$job"'), \
+                (panel["title"], metric)
+    variables = _variables(board)
+    cluster_query = _var_query(variables["cluster"])
+    assert cluster_query == 'label_values(controller_runtime_reconcile_total{job="msc"}, k8s_cluster)'
+    assert variables["job"]["current"]["value"] == "msc"
+    assert variables["namespace"]["current"]["value"] == "ops"
+    if _PROMTOOL is not None:
+        check = subprocess.run([_PROMTOOL, "check", "rules", str(tmp_path / "alerts.yaml")],
+                               capture_output=True, text=True, check=False)
+        assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_render_rejects_bad_selectors() -> None:
+    render = _render_module()
+    for bad in ({"job": ""}, {"cluster_label": "my-cluster"}, {"namespace": 'a"b'}, {"watch_silent_seconds": 0}):
+        with pytest.raises(ValueError, match=r"\S"):
+            render.Config(**bad)
+    result = subprocess.run([sys.executable, str(RENDER), "--cluster-label", "a-b"], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 2
+    assert "not a Prometheus label name" in result.stderr
+    result = subprocess.run([sys.executable, str(RENDER), "--check", "--job", "other"], capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 2
+    assert "defaults" in result.stderr
+
+
+def test_namespace_selector_may_be_dropped(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(RENDER), "--namespace", "", "--output-dir", str(tmp_path)],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    text = (tmp_path / "alerts.yaml").read_text(encoding="utf-8")
+    assert "namespace=" not in text
+    assert 'job="module-service-controller-metrics"' in text
