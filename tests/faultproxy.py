@@ -13,8 +13,10 @@ Faults (all take effect for requests that arrive after the call, unless said oth
   one byte, as a half-dead intermediary would; ``send_headers=False`` holds them before the headers;
   ``existing=True`` also cuts the upstream side of watches already streaming and keeps their
   downstream side open and silent.
-- :meth:`FaultProxy.resume` ends every fault: held watches are closed (a clean end of stream) and new
-  requests flow again.
+- :meth:`FaultProxy.slow_down` delays matching requests by ``seconds`` before forwarding them (a slow or
+  overloaded API server; a long delay is a hung request), for ``duration`` seconds.
+- :meth:`FaultProxy.resume` ends every fault: held watches are closed (a clean end of stream), delayed
+  requests are forwarded at once, and new requests flow again.
 
 :attr:`FaultProxy.stats` counts what was forwarded and injected. Use it inside a test body::
 
@@ -82,6 +84,19 @@ class FaultRule:
                 and (self.watch is None or self.watch == is_watch))
 
 
+@dataclass
+class _Delay:
+    seconds: float
+    until: float
+    methods: frozenset[str] | None
+    path_contains: str | None
+    released: asyncio.Event = field(default_factory=asyncio.Event)  # resume() lets held requests go
+
+    def matches(self, method: str, path: str, now: float) -> bool:
+        return (now < self.until and (self.methods is None or method in self.methods)
+                and (self.path_contains is None or self.path_contains in path))
+
+
 @dataclass(eq=False)
 class _Stall:
     existing: bool
@@ -96,6 +111,7 @@ class ProxyStats:
     injected: Counter[int] = field(default_factory=Counter)  # status -> count
     injected_by_method: Counter[tuple[str, int]] = field(default_factory=Counter)
     last_injected_at: dict[int, float] = field(default_factory=dict)  # status -> time.monotonic() of the last
+    delayed: int = 0  # requests held back by slow_down before being forwarded
     stalled_watches: int = 0  # new watches held open without data
     cut_watches: int = 0  # streaming watches whose upstream was cut by stall_watches(existing=True)
     open_watches: int = 0  # watch responses currently streaming or held
@@ -127,6 +143,7 @@ class FaultProxy:
         self._ssl.load_cert_chain(str(cert_file), str(key_file))
         self.stats = ProxyStats()
         self._rules: list[FaultRule] = []
+        self._delays: list[_Delay] = []
         self._stall: _Stall | None = None
         self._held: set[_Stall] = set()  # stalls that still hold responses (until resume)
         self._streams: set[_Stream] = set()
@@ -210,6 +227,16 @@ class FaultProxy:
         self._rules.append(rule)
         return rule
 
+    def slow_down(self, seconds: float, *, duration: float, methods: Iterable[str] | None = None,
+                  path_contains: str | None = None) -> None:
+        """Holds matching requests (``methods``: HTTP methods) ``seconds`` before forwarding them, for
+        the next ``duration`` seconds."""
+        self._delays.append(_Delay(
+            seconds=seconds, until=time.monotonic() + duration,
+            methods=None if methods is None else frozenset(m.upper() for m in methods),
+            path_contains=path_contains,
+        ))
+
     def stall_watches(self, *, existing: bool = False, send_headers: bool = True,
                       path_contains: str | None = None) -> None:
         """Holds new watches (matching ``path_contains``) open without data until :meth:`resume`;
@@ -226,6 +253,9 @@ class FaultProxy:
     def resume(self) -> None:
         """Ends every fault: rules are dropped, held watches end (cleanly), new requests flow."""
         self._rules.clear()
+        for delay in self._delays:
+            delay.released.set()
+        self._delays.clear()
         self._stall = None
         for stall in self._held:
             stall.released.set()
@@ -296,6 +326,13 @@ class FaultProxy:
         stall = self._stall
         if is_watch and stall is not None and (stall.path_contains is None or stall.path_contains in request.path):
             return await self._hold(request, stall)
+        now = time.monotonic()
+        delay = next((d for d in self._delays if d.matches(method, request.path, now)), None)
+        if delay is not None:
+            self.stats.delayed += 1
+            # The injected latency itself, not a synchronisation; resume() ends it early.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(delay.released.wait(), delay.seconds)
         self.stats.forwarded["WATCH" if is_watch else method] += 1
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         headers["Accept-Encoding"] = "identity"

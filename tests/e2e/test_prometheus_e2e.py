@@ -264,8 +264,10 @@ PROVOKED = (
     "ModuleServiceControllerWatchSilent",
     "ModuleServiceControllerAPIServerErrors",
     "ModuleServiceControllerReconcileErrorRatioHigh",
+    "ModuleServiceControllerReconcileLatencyP99High",
     "ModuleServiceControllerNoLeader",
     "ModuleServiceControllerMultipleLeaders",
+    "ModuleServiceControllerQueueDepthGrowing",
     "ModuleServiceControllerDown",
 )
 
@@ -373,7 +375,23 @@ class TestAlerts:
 
                 await phase("503 on Services -> APIServerErrors, ReconcileErrorRatioHigh", server_errors)
 
-                # 3. No leader: the Lease cannot be read or renewed. The leader stops at its renew
+                # 3. A slow API server: Service creates take 2 s, so do the reconciles that make them; a
+                #    few percent of the window's reconciles are enough to lift p99 over the 1 s objective.
+                async def slow_writes() -> None:
+                    fault_at = time.monotonic()
+                    proxy.slow_down(2.0, duration=600, methods=("POST",), path_contains="/services")
+                    for i in range(20, 30):
+                        md = await api.create_md(namespace, module_deployment(f"md-prom-{i}", f"prom{i}",
+                                                                              port=8100 + i))
+                        workload.wanted[f"prom{i}"] = Wanted.of(md, 8100 + i)
+                    await watch.wait_active("ModuleServiceControllerReconcileLatencyP99High", fault_at, timeout=120)
+                    assert proxy.stats.delayed > 0
+                    proxy.resume()
+                    await wait_services_exact(api, namespace, workload.wanted, timeout=120)
+
+                await phase("2 s Service creates -> ReconcileLatencyP99High", slow_writes)
+
+                # 4. No leader: the Lease cannot be read or renewed. The leader stops at its renew
                 #    deadline and exits; the standby cannot acquire.
                 async def no_leader() -> None:
                     fault_at = time.monotonic()
@@ -387,7 +405,7 @@ class TestAlerts:
 
                 await phase("Lease unreachable -> NoLeader", no_leader)
 
-                # 4. Two leaders: a second install whose Lease lives in another namespace but serves the
+                # 5. Two leaders: a second install whose Lease lives in another namespace but serves the
                 #    same namespace (a misconfiguration: both write the same Services).
                 async def two_leaders() -> None:
                     await api.create_namespace(other_ns)
@@ -397,7 +415,45 @@ class TestAlerts:
 
                 await phase("a second Lease -> MultipleLeaders", two_leaders)
 
-                # 5. Down: every replica gone.
+                # 6. A backlog that grows: Service creates hang (held by the proxy), 120 new
+                #    ModuleDeployments arrive, a fresh replica takes over the leadership with all of them
+                #    queued, its workers hang too, and more keep arriving. (The rule's 15 min window holds
+                #    only this replica's short history here, all of it above 100 keys.)
+                async def stuck_queue() -> None:
+                    for proc in group.alive:
+                        if proc is not standby:  # the leader since phase 4 stays; phase 5's second install goes
+                            proc.kill()
+                    proxy.slow_down(600, duration=600, methods=("POST",), path_contains="/services")
+                    fault_at = time.monotonic()
+                    mds = [module_deployment(f"md-q-{i}", f"q{i}", port=8080) for i in range(120)]
+                    created = await api.create_mds(namespace, mds)
+                    for md in created:
+                        workload.wanted[md["spec"]["template"]["spec"]["module"]["name"]] = Wanted.of(md, 8080)
+                    (fresh,) = await start_scraped(group, prom, 1)
+                    standby.kill()
+                    await standby.wait_exit(timeout=30)
+                    assert await group.leader(api, timeout=60) is fresh
+                    fresh_instance = Target(fresh.name, fresh.metrics_port).instance
+
+                    async def trickle() -> None:
+                        # More arrive while the leader is stuck: the queue grows (a flat queue minus the
+                        # keys the hung workers took would have a slightly negative slope).
+                        for i in range(120, 400):
+                            md = await api.create_md(namespace, module_deployment(f"md-q-{i}", f"q{i}", port=8080))
+                            workload.wanted[f"q{i}"] = Wanted.of(md, 8080)
+                            await anyio.sleep(0.2)  # the arrival rate, not a synchronisation
+
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(trickle)
+                        await watch.wait_active("ModuleServiceControllerQueueDepthGrowing", fault_at, timeout=120,
+                                                where=lambda a: a.labels.get("instance") == fresh_instance)
+                        tg.cancel_scope.cancel()
+                    proxy.resume()
+                    await wait_services_exact(api, namespace, workload.wanted, timeout=180)
+
+                await phase("hung Service creates, 120 keys, a new leader -> QueueDepthGrowing", stuck_queue)
+
+                # 7. Down: every replica gone.
                 async def down() -> None:
                     fault_at = time.monotonic()
                     for proc in group.alive:
