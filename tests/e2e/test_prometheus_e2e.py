@@ -42,7 +42,7 @@ import anyio
 import pytest
 import yaml
 
-from controller.kube.errors import AlreadyExists, NotFound
+from controller.runtime.kube.errors import AlreadyExists, NotFound
 from tests.controlplane import ControlPlane
 from tests.e2e.common import Wanted, wait_services_exact
 from tests.e2e.procs import (
