@@ -13,9 +13,10 @@ selectors, unchanged.
   finite value over the test's time range (what a panel draws), and the variables list what they should.
 - Alerts: faults are injected one after another (tests/faultproxy.py sits between the controllers and
   the API server) and each of the eight alerts goes pending or firing in ``/api/v1/alerts``; none of them
-  is active before the first fault, and the ones whose fault can be lifted resolve again. The rules are observability/alerts.yaml rendered by
-  observability/render_prometheusrule.py with one test value: ``--watch-silent-seconds 15`` instead of
-  300 (a test cannot wait 5 minutes for a silent watch). Every other threshold, window and ``for:`` is
+  is active before the first fault; WatchSilent and NoLeader also resolve once their fault is lifted.
+  The rules are observability/alerts.yaml rendered by observability/render_prometheusrule.py with one
+  test value: ``--watch-silent-seconds 15`` instead of 300 (a test cannot wait 5 minutes for a silent
+  watch). Every other threshold, window and ``for:`` is
   the shipped one: "pending" is the state an alert is in from its first true evaluation, so it proves the
   expression catches the fault without waiting out ``for:``.
 

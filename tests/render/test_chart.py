@@ -310,3 +310,26 @@ def test_copies_are_in_sync() -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "sync_copies.py"), "--check"],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_monitoring_selects_this_release() -> None:
+    """Another release name and namespace: the alerts and the dashboard select the job the ServiceMonitor
+    produces (named after this release's metrics Service) and the release namespace."""
+    objects = helm_template("serviceMonitor.enabled=true", "prometheusRule.enabled=true", "dashboard.enabled=true",
+                            namespace="ops", release="msc")
+    service = next(o for o in objects if o["kind"] == "Service" and o["metadata"]["name"].endswith("-metrics"))
+    job = service["metadata"]["name"]
+    assert job == "msc-module-service-controller-metrics"
+    selector = f'job="{job}", namespace="ops"'
+    rule = find(objects, "PrometheusRule")
+    exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert len(exprs) == 8
+    for expr in exprs:
+        assert selector in expr, expr
+        assert "module-service-system" not in expr
+        assert '"module-service-controller-metrics"' not in expr
+    board = json.loads(find(objects, "ConfigMap")["data"]["module-service-controller.json"])
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["job"]["current"]["value"] == job
+    assert variables["namespace"]["current"]["value"] == "ops"
+    assert f'job=\\"{job}\\"' in json.dumps(variables["cluster"]["query"])

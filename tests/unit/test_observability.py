@@ -455,7 +455,7 @@ _MATCHERS = re.compile(r"\b([a-z_]+)\{([^}]*)\}")
 def test_default_selectors_match_the_kustomize_install(alerts: dict[str, Any], dashboard: dict[str, Any]) -> None:
     """The Prometheus Operator names a ServiceMonitor's job after the Service it selects: the defaults
     must be that Service's name and namespace."""
-    service = yaml.safe_load((ROOT / "manifests" / "prometheus" / "metrics_service.yaml").read_text(encoding="utf-8"))
+    service = yaml.safe_load((ROOT / "manifests" / "manager" / "metrics_service.yaml").read_text(encoding="utf-8"))
     monitor = yaml.safe_load((ROOT / "manifests" / "prometheus" / "servicemonitor.yaml").read_text(encoding="utf-8"))
     assert "jobLabel" not in monitor["spec"]
     job, namespace = service["metadata"]["name"], service["metadata"]["namespace"]

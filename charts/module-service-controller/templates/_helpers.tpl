@@ -107,3 +107,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- fail "serviceMonitor.enabled=true needs metrics.enabled=true" }}
 {{- end }}
 {{- end }}
+
+{{/* The job label Prometheus gives this release's targets: a ServiceMonitor names it after the metrics
+Service. The alerts and the dashboard select it. */}}
+{{- define "msc.metricsJob" -}}
+{{- printf "%s-metrics" (include "msc.fullname" .) -}}
+{{- end }}
