@@ -88,7 +88,9 @@ class Reconciler:
         # before it. While the cache still shows that old version, our own write is the newest state we
         # know, so a reconcile triggered meanwhile neither repeats the write nor trips a 409.
         self._svc_written: dict[ServiceKey, tuple[str, JsonObj | None]] = {}
-        self._status_written: dict[str, tuple[str, dict[str, Any]]] = {}
+        # Same for status, per key and then per ModuleDeployment uid; a key's entry holds only the
+        # ModuleDeployments its last status pass saw alive, so deleted ones never accumulate.
+        self._status_written: dict[ServiceKey, dict[str, tuple[str, dict[str, Any]]]] = {}
 
     def _fence(self) -> None:
         if not self.write_allowed():
@@ -110,6 +112,10 @@ class Reconciler:
         _, views, desired = self._inputs(key)
         actual = self._service_view(key)
         managed = actual is not None and is_managed(actual)
+        if managed and _invalid_contributor(views):
+            # A spec that cannot be served (a typo the CRD let through) must not cost the live Service:
+            # keep the last good one unchanged until the spec is fixed; status reports InvalidSpec.
+            return report
         if desired is None:
             if actual is not None and managed:
                 await self._delete(actual, report)
@@ -133,6 +139,7 @@ class Reconciler:
             return report
         module, views, desired = self._inputs(key)
         if not views:
+            self._status_written.pop(key, None)
             return report
         actual = self._service_view(key)
         managed = actual is not None and is_managed(actual)
@@ -143,7 +150,7 @@ class Reconciler:
             name_conflict=desired is not None and actual is not None and not managed,
             pods=pods, ready_pods=ready,
         )
-        await self._write_statuses(views, outcome, report)
+        await self._write_statuses(key, views, outcome, report)
         return report
 
     # ------------------------------------------------------------------ Service writes
@@ -156,11 +163,19 @@ class Reconciler:
             del self._svc_written[key]  # the cache has caught up with (or moved past) our write
         return cached
 
-    def _remember(self, key: ServiceKey, written: JsonObj | None) -> None:
-        self._svc_written[key] = (_rv(self.services.get(f"{key.namespace}/{key.name}")), written)
+    def _cached_rv(self, key: ServiceKey) -> str:
+        """The resourceVersion the cache shows now. Taken *before* a write: read after it, it could
+        already be someone else's edit that the watch delivered behind ours, and that edit would then be
+        hidden behind our expectation."""
+        return _rv(self.services.get(f"{key.namespace}/{key.name}"))
+
+    def _remember(self, key: ServiceKey, rv_before: str, written: JsonObj | None) -> None:
+        self._svc_written[key] = (rv_before, written)
 
     async def _create(self, desired: DesiredService, report: Report) -> None:
         self._fence()
+        key = ServiceKey(desired.namespace, desired.name)
+        rv_before = self._cached_rv(key)
         try:
             created = await self.client.request(
                 "POST", SERVICES.path(desired.namespace), params={"fieldManager": FIELD_MANAGER},
@@ -170,12 +185,14 @@ class Reconciler:
             # Our cache is behind (or someone just created it): look again later, never overwrite.
             raise Requeue(f"Service {desired.name} already exists; waiting for the cache") from exc
         report.actions.append("service_created")
-        self._remember(ServiceKey(desired.namespace, desired.name), created)
+        self._remember(key, rv_before, created)
 
     async def _patch(self, actual: Mapping[str, Any], patch: dict[str, Any], report: Report) -> None:
         self._fence()
         meta = actual["metadata"]
         patch.setdefault("metadata", {})["resourceVersion"] = meta["resourceVersion"]  # precondition
+        key = ServiceKey(meta["namespace"], meta["name"])
+        rv_before = self._cached_rv(key)
         try:
             updated = await self.client.request(
                 "PATCH", SERVICES.path(meta["namespace"], meta["name"]),
@@ -184,11 +201,13 @@ class Reconciler:
         except (Conflict, NotFound) as exc:
             raise Requeue(f"Service {meta['name']} changed under us: {exc.reason}") from exc
         report.actions.append("service_updated")
-        self._remember(ServiceKey(meta["namespace"], meta["name"]), updated)
+        self._remember(key, rv_before, updated)
 
     async def _delete(self, actual: Mapping[str, Any], report: Report) -> None:
         self._fence()
         meta = actual["metadata"]
+        key = ServiceKey(meta["namespace"], meta["name"])
+        rv_before = self._cached_rv(key)
         try:
             await self.client.request(
                 "DELETE", SERVICES.path(meta["namespace"], meta["name"]),
@@ -201,7 +220,7 @@ class Reconciler:
             # UID precondition failed: a different object now has this name; re-evaluate it.
             raise Requeue(f"Service {meta['name']} was replaced: {exc.reason}") from exc
         report.actions.append("service_deleted")
-        self._remember(ServiceKey(meta["namespace"], meta["name"]), None)
+        self._remember(key, rv_before, None)
 
     # ------------------------------------------------------------------ status
     def _count_pods(self, ns: str, module: str) -> tuple[int, int]:
@@ -217,40 +236,52 @@ class Reconciler:
             ready += pod_ready(pod)
         return total, ready
 
-    async def _write_statuses(self, views: list[ModuleDeploymentView], outcome: Outcome, report: Report) -> None:
+    async def _write_statuses(self, key: ServiceKey, views: list[ModuleDeploymentView], outcome: Outcome,
+                              report: Report) -> None:
         now = now_rfc3339()
-        for view in views:
-            if view.deleting:
-                continue
-            md = self.mds.get(f"{view.namespace}/{view.name}")
-            if md is None:
-                continue
-            current = (md.get("status") or {}).get("moduleService")
-            wanted = module_service_status(view, outcome)
-            md_rv = _rv(md)
-            pending = self._status_written.get(view.uid)
-            if pending is not None:
-                if pending[0] == md_rv and pending[1] == wanted:
-                    continue  # our last write says exactly this and the cache has not seen it yet
-                if pending[0] != md_rv:
-                    del self._status_written[view.uid]
-            patch = status_patch(current if isinstance(current, dict) else None, wanted, now)
-            if patch is None:
-                continue
-            self._fence()
-            try:
-                await self.client.request(
-                    "PATCH", MODULE_DEPLOYMENTS.path(view.namespace, view.name, "status"),
-                    params={"fieldManager": FIELD_MANAGER}, body=patch, content_type=_MERGE_PATCH,
-                )
-            except NotFound:
-                continue
-            self._status_written[view.uid] = (md_rv, wanted)
-            report.actions.append("status_written")
-            cond = wanted["conditions"][0]
-            old_reason = _reason(current)
-            if cond["reason"] in _WARNING_REASONS and cond["reason"] != old_reason:
-                self.events.record(_ref(view), "Warning", cond["reason"], cond["message"])
+        pending_writes = self._status_written.get(key, {})
+        kept: dict[str, tuple[str, dict[str, Any]]] = {}
+        try:
+            for view in views:
+                await self._write_status(view, outcome, now, pending=pending_writes.get(view.uid), kept=kept,
+                                         report=report)
+        finally:
+            if kept:
+                self._status_written[key] = kept
+            else:
+                self._status_written.pop(key, None)
+
+    async def _write_status(self, view: ModuleDeploymentView, outcome: Outcome, now: str, *,
+                            pending: tuple[str, dict[str, Any]] | None,
+                            kept: dict[str, tuple[str, dict[str, Any]]], report: Report) -> None:
+        if view.deleting:
+            return
+        md = self.mds.get(f"{view.namespace}/{view.name}")
+        if md is None:
+            return
+        current = (md.get("status") or {}).get("moduleService")
+        wanted = module_service_status(view, outcome)
+        md_rv = _rv(md)
+        if pending is not None and pending[0] == md_rv and pending[1] == wanted:
+            kept[view.uid] = pending
+            return  # our last write says exactly this and the cache has not seen it yet
+        patch = status_patch(current if isinstance(current, dict) else None, wanted, now)
+        if patch is None:
+            return
+        self._fence()
+        try:
+            await self.client.request(
+                "PATCH", MODULE_DEPLOYMENTS.path(view.namespace, view.name, "status"),
+                params={"fieldManager": FIELD_MANAGER}, body=patch, content_type=_MERGE_PATCH,
+            )
+        except NotFound:
+            return
+        kept[view.uid] = (md_rv, wanted)
+        report.actions.append("status_written")
+        cond = wanted["conditions"][0]
+        old_reason = _reason(current)
+        if cond["reason"] in _WARNING_REASONS and cond["reason"] != old_reason:
+            self.events.record(_ref(view), "Warning", cond["reason"], cond["message"])
 
     # ------------------------------------------------------------------ events
     def _event(self, desired: DesiredService, type_: str, reason: str, message: str) -> None:
@@ -266,6 +297,10 @@ class Reconciler:
 
 def _rv(obj: Mapping[str, Any] | None) -> str:
     return str(((obj or {}).get("metadata") or {}).get("resourceVersion") or "")
+
+
+def _invalid_contributor(views: list[ModuleDeploymentView]) -> bool:
+    return any(v.enabled and v.problems and not v.deleting for v in views)
 
 
 def _reason(module_service: Any) -> str | None:

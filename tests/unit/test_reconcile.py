@@ -1,0 +1,222 @@
+"""The Reconciler on fake stores and a fake client: the write decisions that depend on exact timing
+between a request and the watch (read-your-writes), and the bookkeeping that must not grow.
+
+The fake client can run a callback while a request is "on the wire" to simulate what the watch delivers
+before the request returns; that ordering is the defect, so a real API server cannot pin it down.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import pytest
+
+from controller.moduleservice.desired import MANAGED_BY_LABEL, MANAGED_BY_VALUE, MD_API_VERSION, MODULE_LABEL
+from controller.moduleservice.mapping import ServiceKey, md_module, pod_modules
+from controller.moduleservice.reconcile import MD_MODULE_INDEX, POD_MODULE_INDEX, Reconciler, Requeue
+from controller.runtime.events import EventRecorder
+from controller.runtime.informer import Store
+from controller.runtime.kube.client import JsonObj, KubeClient
+from controller.runtime.kube.errors import AlreadyExists
+
+pytestmark = pytest.mark.asyncio
+
+NS = "ns"
+PREFIX = "module.koupleless.alipay.com/"
+KEY = ServiceKey(NS, "m-service")
+
+
+def md(name: str, module: str = "m", *, uid: str | None = None, rv: str = "1", port: int = 8080,
+       target_port: int | str | None = None, enabled: bool = True, deleting: bool = False) -> JsonObj:
+    strategy: JsonObj = {"enableModuleService": enabled, "port": port}
+    if target_port is not None:
+        strategy["targetPort"] = target_port
+    meta: JsonObj = {"name": name, "namespace": NS, "uid": uid or f"uid-{name}", "resourceVersion": rv,
+                     "generation": 1, "creationTimestamp": "2026-01-01T00:00:00Z"}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:01:00Z"
+    return {"apiVersion": MD_API_VERSION, "kind": "ModuleDeployment", "metadata": meta,
+            "spec": {"template": {"spec": {"module": {"name": module}}},
+                     "operationStrategy": {"serviceStrategy": strategy}}}
+
+
+def service(rv: str, *, module: str = "m", owner: JsonObj | None = None, selector: dict[str, str] | None = None,
+            managed: bool = True, uid: str = "svc-uid", target_port: int | str = 8080) -> JsonObj:
+    meta: JsonObj = {"name": f"{module}-service", "namespace": NS, "uid": uid, "resourceVersion": rv}
+    if managed:
+        owner = owner or md("a", module)
+        meta["labels"] = {MANAGED_BY_LABEL: MANAGED_BY_VALUE, MODULE_LABEL: module}
+        meta["ownerReferences"] = [{
+            "apiVersion": MD_API_VERSION, "kind": "ModuleDeployment", "name": owner["metadata"]["name"],
+            "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}]
+    return {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": {
+        "type": "NodePort", "clusterIP": "10.0.0.1",
+        "selector": selector if selector is not None else {f"{PREFIX}{module}": "true"},
+        "ports": [{"name": "http", "protocol": "TCP", "port": 8080, "targetPort": target_port,
+                   "nodePort": 30080}]}}
+
+
+Hook = Callable[[str, str, Any], Awaitable[JsonObj | None]]
+
+
+class FakeClient:
+    """Records requests; ``hook`` may act "while the request is on the wire" and answer it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, Any]] = []
+        self.hook: Hook | None = None
+
+    async def request(self, method: str, path: str, *, params: Any = None, body: Any = None,
+                      content_type: str = "application/json", timeout: float | None = None) -> JsonObj:
+        self.calls.append((method, path, copy.deepcopy(body)))
+        if self.hook is not None:
+            answer = await self.hook(method, path, body)
+            if answer is not None:
+                return answer
+        return copy.deepcopy(body) if isinstance(body, dict) else {}
+
+    def writes(self, method: str, path_part: str = "/services") -> list[Any]:
+        return [b for m, p, b in self.calls if m == method and path_part in p]
+
+
+class World:
+    def __init__(self) -> None:
+        self.client = FakeClient()
+        self.mds = Store({MD_MODULE_INDEX: lambda o: [f"{NS}/{md_module(o)}"]})
+        self.services = Store()
+        self.pods = Store({POD_MODULE_INDEX: lambda p: [f"{NS}/{m}" for m, _ in pod_modules(p, PREFIX)]})
+        self.events = EventRecorder(None)
+        self.reconciler = Reconciler(
+            cast(KubeClient, self.client), mds=self.mds, services=self.services, pods=self.pods,
+            label_prefix=PREFIX, events=self.events)
+
+
+class TestReadYourWrites:
+    """Defect 3: the expectation must carry the resourceVersion the cache showed *before* the write."""
+
+    async def test_foreign_edit_delivered_before_the_patch_returns_is_not_hidden(self) -> None:
+        w = World()
+        owner = md("a")
+        w.mds.upsert(owner)
+        hijacked = {"app": "someone-else"}
+        w.services.upsert(service("10", owner=owner, selector=hijacked))
+
+        async def on_wire(method: str, path: str, body: Any) -> JsonObj | None:
+            if method != "PATCH" or "/services/" not in path:
+                return None
+            ours = service("11", owner=owner)
+            w.services.upsert(copy.deepcopy(ours))  # the watch delivers our write...
+            w.services.upsert(service("12", owner=owner, selector=hijacked))  # ...then someone's undo
+            return ours  # and only now does our request return
+
+        w.client.hook = on_wire
+        await w.reconciler.reconcile(KEY)
+        assert len(w.client.writes("PATCH")) == 1
+        # The cache shows the hijacked selector at rv 12: the next pass must see it and restore ours.
+        w.client.hook = None
+        await w.reconciler.reconcile(KEY)
+        patches = w.client.writes("PATCH")
+        assert len(patches) == 2, "someone's edit after our write was hidden by the read-your-writes cache"
+        assert patches[1]["spec"]["selector"] == {"app": None, f"{PREFIX}m": "true"}
+        assert patches[1]["metadata"]["resourceVersion"] == "12"
+
+    async def test_recreated_after_our_delete_is_seen_not_posted_over(self) -> None:
+        w = World()
+        owner = md("a", enabled=False)
+        w.mds.upsert(owner)
+        w.services.upsert(service("10", owner=md("a")))
+        recreated = service("12", owner=md("a"), uid="other-uid")
+
+        async def on_wire(method: str, path: str, body: Any) -> JsonObj | None:
+            if method == "DELETE":
+                w.services.delete(f"{NS}/m-service")  # the watch delivers our delete...
+                w.services.upsert(copy.deepcopy(recreated))  # ...and someone re-creates it at once
+                return {}
+            if method == "POST" and path.endswith("/services"):
+                raise AlreadyExists(409, "AlreadyExists", 'services "m-service" already exists')
+            return None
+
+        w.client.hook = on_wire
+        await w.reconciler.reconcile(KEY)
+        assert len(w.client.writes("DELETE")) == 1
+        w.mds.upsert(md("a", rv="2"))  # wanted again: the cache shows the re-created Service, which fits
+        try:
+            await w.reconciler.reconcile(KEY)
+        except Requeue as exc:
+            pytest.fail(f"reconcile POSTed over an existing Service the cache shows: {exc}")
+        assert w.client.writes("POST") == []
+        assert w.client.writes("DELETE") == [w.client.writes("DELETE")[0]]
+
+
+class TestInvalidSpecKeepsService:
+    """Defect 6: without CEL, a typo makes the spec invalid; the live Service must stay as it is."""
+
+    @pytest.mark.parametrize("bad", [
+        {"target_port": "http_port"},
+        {"port": 0},
+        {"port": 70000},
+    ])
+    async def test_typo_keeps_last_good_service(self, bad: dict[str, Any]) -> None:
+        w = World()
+        good = md("a")
+        w.mds.upsert(good)
+        w.services.upsert(service("10", owner=good))
+        await w.reconciler.reconcile(KEY)
+        assert w.client.calls == []  # converged
+
+        w.mds.upsert(md("a", rv="2", **bad))
+        await w.reconciler.reconcile(KEY)
+        assert w.client.writes("DELETE") == [], "an invalid spec deleted the live Service"
+        assert w.client.writes("PATCH") == []
+        assert w.client.writes("POST") == []
+
+        await w.reconciler.reconcile_status(KEY)
+        status_patches = w.client.writes("PATCH", "/status")
+        assert len(status_patches) == 1
+        cond = status_patches[0]["status"]["moduleService"]["conditions"][0]
+        assert (cond["status"], cond["reason"]) == ("False", "InvalidSpec")
+
+    async def test_disabled_still_deletes(self) -> None:
+        w = World()
+        w.mds.upsert(md("a", enabled=False))
+        w.services.upsert(service("10", owner=md("a")))
+        await w.reconciler.reconcile(KEY)
+        assert len(w.client.writes("DELETE")) == 1
+
+    async def test_invalid_beside_nothing_creates_nothing(self) -> None:
+        w = World()
+        w.mds.upsert(md("a", target_port="http_port"))
+        await w.reconciler.reconcile(KEY)
+        assert w.client.calls == []
+
+
+class TestStatusBookkeeping:
+    """Defect 7: the status read-your-writes map holds nothing for ModuleDeployments that are gone."""
+
+    @pytest.mark.parametrize("ending", ["deleted", "terminating"])
+    async def test_churn_leaves_the_map_empty(self, ending: str) -> None:
+        w = World()
+        for i in range(2000):
+            name, module = f"md-{i}", f"m{i}"
+            key = ServiceKey(NS, f"{module}-service")
+            w.mds.upsert(md(name, module))
+            await w.reconciler.reconcile_status(key)  # status written; the cache has not seen it yet
+            if ending == "deleted":
+                w.mds.delete(f"{NS}/{name}")
+            else:
+                w.mds.upsert(md(name, module, rv="2", deleting=True))
+            await w.reconciler.reconcile_status(key)  # the follow-up pass after the MD went away
+            if ending == "terminating":
+                w.mds.delete(f"{NS}/{name}")
+        assert len(w.client.writes("PATCH", "/status")) == 2000
+        assert not w.reconciler._status_written, f"{len(w.reconciler._status_written)} entries leaked"
+
+    async def test_pending_write_still_suppresses_a_repeat(self) -> None:
+        # The map's purpose survives the fix: while the cache lags, the same status is not written twice.
+        w = World()
+        w.mds.upsert(md("a"))
+        await w.reconciler.reconcile_status(KEY)
+        await w.reconciler.reconcile_status(KEY)
+        assert len(w.client.writes("PATCH", "/status")) == 1
