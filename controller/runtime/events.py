@@ -1,13 +1,18 @@
 """Kubernetes Events (``kubectl describe``) recorded off the reconcile path.
 
-Reconciles only enqueue; a background task posts. Events are best effort (like client-go's
-broadcaster): a full buffer or a failed POST drops the event with a log line, never a reconcile.
+Reconciles only enqueue; a background task sends. Events are best effort (like client-go's
+broadcaster): a full buffer or a failed request drops the event with a log line, never a reconcile.
+
+Like client-go's recorder, every event goes through a correlator (:mod:`.eventcorrelator`): a repeat
+of an identical event raises the ``count`` of the existing Event with a PATCH instead of creating a new
+object, similar events are combined, and each object has an event budget. Sends still waiting are
+coalesced: ten repeats before the sender gets to them are one request.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import secrets
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,10 +22,11 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
+from .eventcorrelator import EventCorrelator, EventIdentity
 from .kube.client import KubeClient
-from .kube.errors import KubeError
+from .kube.errors import AlreadyExists, KubeError, NotFound
 
-__all__ = ["EventRecorder", "ObjectRef"]
+__all__ = ["EventRecorder", "ObjectRef", "now_rfc3339"]
 
 log = structlog.get_logger(__name__)
 _COMPONENT = "module-service-controller"
@@ -42,30 +48,52 @@ def now_rfc3339() -> str:
 
 class EventRecorder:
     def __init__(self, client: KubeClient | None, *, instance: str = "",
-                 idle: Callable[[], Awaitable[None]] | None = None) -> None:
+                 idle: Callable[[], Awaitable[None]] | None = None,
+                 correlator: EventCorrelator | None = None) -> None:
         self._client = client
         self._idle = idle
         self._instance = instance
-        self._pending: deque[dict[str, Any]] = deque()
+        self._correlator = correlator or EventCorrelator(time.monotonic)
+        # Names waiting to be sent, in order, and for each the Event as it should end up; a repeat of
+        # a waiting Event updates it in place (first send a POST, later ones a PATCH of count).
+        self._pending: deque[str] = deque()
+        self._bodies: dict[str, tuple[bool, dict[str, Any]]] = {}  # name -> (create?, body)
         self._wake = anyio.Event()
         self.dropped = 0
 
+    @property
+    def filtered(self) -> int:
+        """Events the per-object budget dropped."""
+        return self._correlator.filtered
+
     def record(self, ref: ObjectRef, type_: str, reason: str, message: str) -> None:
-        if len(self._pending) >= _BUFFER:
+        message = message[:1024]
+        now = now_rfc3339()
+        obs = self._correlator.observe(
+            EventIdentity(ref.namespace, ref.kind, ref.name, ref.uid, ref.api_version, type_, reason, message),
+            now_stamp=now)
+        if obs is None:
+            return
+        waiting = self._bodies.get(obs.name)
+        if waiting is None and len(self._pending) >= _BUFFER:
             self.dropped += 1
             return
-        now = now_rfc3339()
-        self._pending.append({
+        body = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"name": f"{ref.name}.{secrets.token_hex(8)}", "namespace": ref.namespace},
+            "metadata": {"name": obs.name, "namespace": ref.namespace},
             "involvedObject": {"apiVersion": ref.api_version, "kind": ref.kind, "name": ref.name,
                                "namespace": ref.namespace, "uid": ref.uid},
-            "type": type_, "reason": reason, "message": message[:1024],
+            "type": type_, "reason": reason, "message": obs.message[:1024],
             "source": {"component": _COMPONENT},
             "reportingComponent": _COMPONENT, "reportingInstance": self._instance,
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-        })
+            "firstTimestamp": obs.first_seen, "lastTimestamp": now, "count": obs.count,
+        }
+        if waiting is None:
+            self._pending.append(obs.name)
+            self._bodies[obs.name] = (obs.count == 1, body)
+        else:
+            self._bodies[obs.name] = (waiting[0], body)  # still a create if the create has not gone out
         self._wake.set()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -76,13 +104,38 @@ class EventRecorder:
             while self._pending:
                 if self._idle is not None:
                     await self._idle()  # reconciles first: events are informational
-                body = self._pending.popleft()
-                if self._client is None:
-                    continue
+                name = self._pending[0]
+                create, body = self._bodies[name]
                 try:
-                    await self._client.request(
-                        "POST", f"/api/v1/namespaces/{body['metadata']['namespace']}/events",
-                        body=body, timeout=10,
-                    )
+                    if self._client is not None:
+                        await self._send(self._client, create, body)
                 except KubeError as exc:
                     log.debug("event_dropped", reason=body["reason"], error=str(exc))
+                finally:
+                    # Popped only now, so a repeat recorded during the send queues a new send.
+                    if self._bodies.get(name, (create, body))[1] is body:
+                        del self._bodies[name]
+                        self._pending.popleft()
+                    else:
+                        self._bodies[name] = (False, self._bodies[name][1])
+                        self._pending.rotate(-1)
+
+    async def _send(self, client: KubeClient, create: bool, body: dict[str, Any]) -> None:
+        path = f"/api/v1/namespaces/{body['metadata']['namespace']}/events"
+        if not create:
+            try:
+                await client.request(
+                    "PATCH", f"{path}/{body['metadata']['name']}", timeout=10,
+                    content_type="application/merge-patch+json",
+                    body={"count": body["count"], "lastTimestamp": body["lastTimestamp"],
+                          "message": body["message"]})
+                return
+            except NotFound:
+                pass  # expired (Events live an hour) or never created: create it afresh
+        try:
+            await client.request("POST", path, body=body, timeout=10)
+        except AlreadyExists:
+            await client.request(
+                "PATCH", f"{path}/{body['metadata']['name']}", timeout=10,
+                content_type="application/merge-patch+json",
+                body={"count": body["count"], "lastTimestamp": body["lastTimestamp"], "message": body["message"]})
