@@ -31,7 +31,14 @@ from .moduleservice.mapping import (
     pod_relevant_change,
     service_key,
 )
-from .moduleservice.reconcile import MD_MODULE_INDEX, POD_MODULE_INDEX, NotLeader, Reconciler, Requeue
+from .moduleservice.reconcile import (
+    MD_MODULE_INDEX,
+    POD_MODULE_INDEX,
+    NotLeader,
+    Reconciler,
+    Requeue,
+    RequeueAfter,
+)
 from .moduleservice.resources import MODULE_DEPLOYMENTS
 from .moduleservice.transforms import slim_md, slim_pod, slim_service
 from .runtime.events import EventRecorder
@@ -235,6 +242,10 @@ class Manager:
 
     async def _work(self) -> None:
         log.info("workers_starting", workers=self.config.workers)
+        # Changes seen while a standby could not be acted on: convergence time starts now, or a
+        # failover would show up as minutes of "latency" that no reconcile spent.
+        now = time.perf_counter()
+        self._seen.update({key: max(seen, now) for key, seen in self._seen.items()})  # in place: shared
         self._workers_running = True
         async with anyio.create_task_group() as workers:
             for i in range(self.config.workers):
@@ -246,6 +257,7 @@ class Manager:
     async def _unfinished_loop(self) -> None:
         while True:
             self.queue.update_unfinished()
+            self.status_queue.update_unfinished()
             await anyio.sleep(_UNFINISHED_PERIOD)
 
     async def _worker(self, n: int) -> None:
@@ -305,6 +317,8 @@ class Manager:
         try:
             report = await self.reconciler.reconcile(key)
             actions = report.actions
+        except RequeueAfter as exc:
+            result, error, delay = "requeue_after", str(exc), exc.delay
         except Requeue as exc:
             result, error = "requeue", str(exc)
         except NotLeader as exc:
@@ -325,6 +339,10 @@ class Manager:
         else:
             if seen_at is not None:
                 self._seen[key] = min(seen_at, self._seen.get(key, seen_at))
+            if result == "requeue_after":
+                self.queue.forget(key)  # a deliberate wait, not a failure (controller-runtime's RequeueAfter)
+            elif self.reconciler.write_error(key) is not None:
+                self.status_queue.add(key)  # the failure goes on the Ready condition
             if delay:
                 self.queue.add_after(key, delay)
             else:
@@ -334,8 +352,8 @@ class Manager:
         if error is not None:
             fields["error"] = error
             fields["retries"] = self.queue.num_requeues(key)
-        if result == "requeue":
-            log.debug("reconciled", **fields)  # 409 / cache lag: expected, not an error
+        if result in ("requeue", "requeue_after"):
+            log.debug("reconciled", **fields)  # 409 / cache lag / a fight's backoff: expected, not an error
         elif result == "error":
             log.warning("reconciled", **fields)
         else:

@@ -7,16 +7,19 @@ cache shows a difference, so an idle controller performs zero writes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
 from ..runtime.events import EventRecorder, ObjectRef, now_rfc3339
+from ..runtime.fight import FightDetector
 from ..runtime.informer import Store
 from ..runtime.kube.client import JsonObj, KubeClient
-from ..runtime.kube.errors import AlreadyExists, Conflict, NotFound
+from ..runtime.kube.errors import AlreadyExists, ApiError, Conflict, NotFound, TooManyRequests
 from ..runtime.kube.resources import SERVICES
 from .desired import (
     FIELD_MANAGER,
@@ -36,12 +39,14 @@ from .status import (
     REASON_INVALID,
     REASON_NAME_CONFLICT,
     REASON_PORT_CONFLICT,
+    REASON_WRITE_FAILED,
     Outcome,
     module_service_status,
     status_patch,
 )
 
-__all__ = ["MD_MODULE_INDEX", "POD_MODULE_INDEX", "NotLeader", "Reconciler", "Report", "Requeue"]
+__all__ = ["MD_MODULE_INDEX", "POD_MODULE_INDEX", "REASON_FIGHT", "NotLeader", "Reconciler", "Report", "Requeue",
+           "RequeueAfter"]
 
 log = structlog.get_logger(__name__)
 
@@ -49,10 +54,20 @@ MD_MODULE_INDEX = "module"
 POD_MODULE_INDEX = "module"
 _MERGE_PATCH = "application/merge-patch+json"
 _WARNING_REASONS = {REASON_NAME_CONFLICT, REASON_PORT_CONFLICT, REASON_INVALID}
+REASON_FIGHT = "ServiceFight"  # Event: another writer keeps undoing our Service writes
+_ABSENT = "<absent>"  # the fingerprint of "no Service"
 
 
 class Requeue(Exception):
     """Retry this key with rate limiting; expected (cache lag, optimistic-concurrency conflict)."""
+
+
+class RequeueAfter(Exception):
+    """Retry this key after ``delay`` seconds, not sooner (and not counted as a failure)."""
+
+    def __init__(self, delay: float, message: str) -> None:
+        super().__init__(message)
+        self.delay = delay
 
 
 class NotLeader(Exception):
@@ -75,6 +90,7 @@ class Reconciler:
         label_prefix: str,
         events: EventRecorder,
         write_allowed: Callable[[], bool] = lambda: True,
+        fights: FightDetector[ServiceKey] | None = None,
     ) -> None:
         self.client = client
         self.mds = mds
@@ -91,6 +107,8 @@ class Reconciler:
         # Same for status, per key and then per ModuleDeployment uid; a key's entry holds only the
         # ModuleDeployments its last status pass saw alive, so deleted ones never accumulate.
         self._status_written: dict[ServiceKey, dict[str, tuple[str, dict[str, Any]]]] = {}
+        self._write_errors: dict[ServiceKey, str] = {}
+        self.fights: FightDetector[ServiceKey] = fights or FightDetector(time.monotonic)
 
     def _fence(self) -> None:
         if not self.write_allowed():
@@ -118,19 +136,54 @@ class Reconciler:
             return report
         if desired is None:
             if actual is not None and managed:
-                await self._delete(actual, report)
-                self._event_for(views, "Normal", "ServiceDeleted",
-                                f"Deleted Service {key.name}: no ModuleDeployment enables it")
+                refs = [_ref(v) for v in views if not v.deleting]
+                await self._write(key, _ABSENT, f"deleting Service {key.name}", refs,
+                                  lambda: self._delete(actual, report))
+                for ref in refs:
+                    self.events.record(ref, "Normal", "ServiceDeleted",
+                                       f"Deleted Service {key.name}: no ModuleDeployment enables it")
         elif actual is None:
-            await self._create(desired, report)
+            await self._write(key, _fingerprint(desired), f"creating Service {key.name}", [_owner_ref(desired)],
+                              lambda: self._create(desired, report))
             self._event(desired, "Normal", "ServiceCreated", f"Created Service {key.name} ({desired.port})")
         elif managed:
             patch = service_patch(actual, desired)
             if patch is not None:
-                await self._patch(actual, patch, report)
+                await self._write(key, _fingerprint(desired), f"updating Service {key.name}", [_owner_ref(desired)],
+                                  lambda: self._patch(actual, patch, report))
                 self._event(desired, "Normal", "ServiceUpdated", f"Updated Service {key.name} ({desired.port})")
         # else: a Service we do not manage holds the name; never touch it (status reports NameConflict).
+        self._write_errors.pop(key, None)
         return report
+
+    async def _write(self, key: ServiceKey, fingerprint: str, doing: str, refs: list[ObjectRef],
+                     write: Callable[[], Awaitable[None]]) -> None:
+        """One Service write, unless our writes of this state keep being undone (then RequeueAfter);
+        a failure the API explains is kept for the status lane and reported as a Warning Event."""
+        wait = self.fights.delay(key, fingerprint)
+        if wait > 0:
+            raise RequeueAfter(wait, f"Service {key.name}: another writer keeps undoing ours; next try in {wait:.1f}s")
+        try:
+            await write()
+        except ApiError as exc:
+            if not isinstance(exc, TooManyRequests):  # throttling is transient and not the user's to fix
+                message = f"{doing} failed: {exc}"
+                self._write_errors[key] = message
+                for ref in refs:
+                    self.events.record(ref, "Warning", REASON_WRITE_FAILED, message)
+            raise
+        if self.fights.wrote(key, fingerprint):
+            rounds = self.fights.rounds(key)
+            log.warning("service_fight", key=str(key), rounds=rounds)
+            for ref in refs:
+                self.events.record(
+                    ref, "Warning", REASON_FIGHT,
+                    f"Service {key.name}: another writer undid our last {rounds} writes; "
+                    f"retrying with backoff (up to {self.fights.cap:g}s)")
+
+    def write_error(self, key: ServiceKey) -> str | None:
+        """The API's answer to the last failed Service write of ``key`` (None after a success)."""
+        return self._write_errors.get(key)
 
     async def reconcile_status(self, key: ServiceKey) -> Report:
         """Writes ``status.moduleService`` of every ModuleDeployment of this key, where it changed."""
@@ -148,7 +201,7 @@ class Reconciler:
             desired=desired,
             service=actual if managed and desired is not None else None,
             name_conflict=desired is not None and actual is not None and not managed,
-            pods=pods, ready_pods=ready,
+            pods=pods, ready_pods=ready, write_error=self._write_errors.get(key),
         )
         await self._write_statuses(key, views, outcome, report)
         return report
@@ -285,14 +338,7 @@ class Reconciler:
 
     # ------------------------------------------------------------------ events
     def _event(self, desired: DesiredService, type_: str, reason: str, message: str) -> None:
-        owner = desired.owners[0]
-        ref = ObjectRef(desired.namespace, owner.name, owner.uid, MD_API_VERSION, MD_KIND)
-        self.events.record(ref, type_, reason, message)
-
-    def _event_for(self, views: list[ModuleDeploymentView], type_: str, reason: str, message: str) -> None:
-        for view in views:
-            if not view.deleting:
-                self.events.record(_ref(view), type_, reason, message)
+        self.events.record(_owner_ref(desired), type_, reason, message)
 
 
 def _rv(obj: Mapping[str, Any] | None) -> str:
@@ -308,6 +354,15 @@ def _reason(module_service: Any) -> str | None:
         return None
     conditions = module_service.get("conditions") or []
     return str(conditions[0].get("reason")) if conditions and isinstance(conditions[0], dict) else None
+
+
+def _owner_ref(desired: DesiredService) -> ObjectRef:
+    owner = desired.owners[0]
+    return ObjectRef(desired.namespace, owner.name, owner.uid, MD_API_VERSION, MD_KIND)
+
+
+def _fingerprint(desired: DesiredService) -> str:
+    return json.dumps(desired.manifest(), sort_keys=True)
 
 
 def _ref(view: ModuleDeploymentView) -> ObjectRef:

@@ -18,6 +18,7 @@ __all__ = [
     "REASON_NAME_CONFLICT",
     "REASON_PORT_CONFLICT",
     "REASON_READY",
+    "REASON_WRITE_FAILED",
     "Outcome",
     "module_service_status",
     "status_patch",
@@ -29,6 +30,7 @@ REASON_NAME_CONFLICT = "NameConflict"
 REASON_PORT_CONFLICT = "PortConflict"
 REASON_INVALID = "InvalidSpec"
 REASON_PENDING = "ServicePending"
+REASON_WRITE_FAILED = "ServiceWriteFailed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +42,8 @@ class Outcome:
     name_conflict: bool
     pods: int
     ready_pods: int
+    # The last Service write of this key failed with this (the API's answer); None once one succeeds.
+    write_error: str | None = None
 
 
 def _condition(status: str, reason: str, message: str, generation: int) -> dict[str, Any]:
@@ -61,6 +65,8 @@ def module_service_status(md: ModuleDeploymentView, outcome: Outcome) -> dict[st
     if outcome.name_conflict:
         msg = f"Service {name} exists and is not managed by module-service-controller; it is left untouched"
         return {**base, "conditions": [_condition("False", REASON_NAME_CONFLICT, msg, gen)]}
+    if outcome.write_error is not None:
+        return {**base, "conditions": [_condition("False", REASON_WRITE_FAILED, outcome.write_error, gen)]}
     desired = outcome.desired
     svc = outcome.service
     if desired is None or svc is None:

@@ -15,11 +15,19 @@ import pytest
 
 from controller.moduleservice.desired import MANAGED_BY_LABEL, MANAGED_BY_VALUE, MD_API_VERSION, MODULE_LABEL
 from controller.moduleservice.mapping import ServiceKey, md_module, pod_modules
-from controller.moduleservice.reconcile import MD_MODULE_INDEX, POD_MODULE_INDEX, Reconciler, Requeue
+from controller.moduleservice.reconcile import (
+    MD_MODULE_INDEX,
+    POD_MODULE_INDEX,
+    REASON_FIGHT,
+    Reconciler,
+    Requeue,
+    RequeueAfter,
+)
 from controller.runtime.events import EventRecorder
+from controller.runtime.fight import FightDetector
 from controller.runtime.informer import Store
 from controller.runtime.kube.client import JsonObj, KubeClient
-from controller.runtime.kube.errors import AlreadyExists
+from controller.runtime.kube.errors import AlreadyExists, ApiError, Forbidden, Invalid, ServerError, TooManyRequests
 
 pytestmark = pytest.mark.asyncio
 
@@ -220,3 +228,94 @@ class TestStatusBookkeeping:
         await w.reconciler.reconcile_status(KEY)
         await w.reconciler.reconcile_status(KEY)
         assert len(w.client.writes("PATCH", "/status")) == 1
+
+
+def recorded(w: World) -> list[tuple[str, str, int]]:
+    """(type, reason, count) of every Event waiting in the recorder."""
+    return [(b["type"], b["reason"], b["count"]) for _, b in w.events._bodies.values()]
+
+
+class TestFight:
+    """Defect 4: our writes keep being undone: write with backoff and report it once."""
+
+    async def test_undone_writes_back_off_and_report_once(self) -> None:
+        clock = [0.0]
+        w = World()
+        w.reconciler.fights = FightDetector(lambda: clock[0], threshold=3, base=1.0, cap=60.0, window=300.0)
+        owner = md("a")
+        w.mds.upsert(owner)
+        delays: list[float] = []
+        for i in range(20):
+            w.services.upsert(service(str(100 + i), owner=owner, selector={"app": "hijacked"}))  # undone again
+            try:
+                await w.reconciler.reconcile(KEY)
+            except RequeueAfter as exc:
+                delays.append(exc.delay)
+                clock[0] += exc.delay  # the queue hands the key back after the delay...
+                await w.reconciler.reconcile(KEY)  # ...and then it writes
+            clock[0] += 0.1
+        assert len(w.client.writes("PATCH")) == 20
+        assert delays == pytest.approx([1.0, 2.0, 4.0, 8.0, 16.0, 32.0] + [60.0] * 11, abs=0.11)
+        fights = [e for e in recorded(w) if e[1] == REASON_FIGHT]
+        assert fights == [("Warning", REASON_FIGHT, 1)]
+        updated = [e for e in recorded(w) if e[1] == "ServiceUpdated"]
+        assert updated == [("Normal", "ServiceUpdated", 20)], "one Event, its count raised"
+
+
+class TestWriteFailures:
+    """Defect 5: a Service write the API refuses shows on the Ready condition and as a Warning Event."""
+
+    @pytest.mark.parametrize(("error", "verb"), [
+        (Forbidden(403, "Forbidden", 'services "m-service" is forbidden: exceeded quota: q, requested: '
+                   "services.nodeports=1, used: services.nodeports=0, limited: services.nodeports=0"), "POST"),
+        (Invalid(422, "Invalid", 'Service "m-service" is invalid: spec.ports[0].nodePort: Invalid value'), "POST"),
+        (ServerError(500, "InternalError", "failed to allocate a nodePort: range is full"), "POST"),
+        (Forbidden(403, "Forbidden", "denied by admission webhook"), "PATCH"),
+    ])
+    async def test_failure_on_ready_condition_then_cleared(self, error: ApiError, verb: str) -> None:
+        w = World()
+        owner = md("a")
+        w.mds.upsert(owner)
+        if verb == "PATCH":
+            w.services.upsert(service("10", owner=owner, selector={"app": "x"}))
+
+        async def refuse(method: str, path: str, body: Any) -> JsonObj | None:
+            if method == verb and "/services" in path:
+                raise error
+            return None
+
+        w.client.hook = refuse
+        for _ in range(3):
+            with pytest.raises(ApiError):
+                await w.reconciler.reconcile(KEY)
+        doing = "creating" if verb == "POST" else "updating"
+        assert w.reconciler.write_error(KEY) == f"{doing} Service m-service failed: {error}"
+        await w.reconciler.reconcile_status(KEY)
+        (status,) = w.client.writes("PATCH", "/status")
+        cond = status["status"]["moduleService"]["conditions"][0]
+        assert (cond["status"], cond["reason"]) == ("False", "ServiceWriteFailed")
+        assert error.message in cond["message"]
+        assert str(error.status) in cond["message"]
+        assert [e for e in recorded(w) if e[0] == "Warning"] == [("Warning", "ServiceWriteFailed", 3)]
+
+        w.client.hook = None
+        await w.reconciler.reconcile(KEY)
+        assert w.reconciler.write_error(KEY) is None
+        w.mds.upsert(md("a", rv="2"))
+        w.services.upsert(service("11", owner=owner))  # the watch delivers the Service as written
+        await w.reconciler.reconcile_status(KEY)
+        cond = w.client.writes("PATCH", "/status")[-1]["status"]["moduleService"]["conditions"][0]
+        assert cond["reason"] == "ServiceReady"
+
+    async def test_throttling_is_not_reported(self) -> None:
+        w = World()
+        w.mds.upsert(md("a"))
+
+        async def throttle(method: str, path: str, body: Any) -> JsonObj | None:
+            raise TooManyRequests(429, "TooManyRequests", "slow down", retry_after=1)
+
+        w.client.hook = throttle
+        with pytest.raises(TooManyRequests):
+            await w.reconciler.reconcile(KEY)
+        assert w.reconciler.write_error(KEY) is None
+        assert recorded(w) == []

@@ -104,6 +104,22 @@ class TestModuleServiceStatus:
         assert "provider-service" in c["message"]
         assert "not managed" in c["message"]
 
+    def test_failed_write_is_reported_with_the_api_message(self) -> None:
+        md = view()
+        d, svc = served(md)
+        error = 'creating Service provider-service failed: 403 Forbidden: exceeded quota: q, requested: ' \
+                'services.nodeports=1, used: services.nodeports=0, limited: services.nodeports=0'
+        for service in (None, svc):  # failing to create, or to update the one that exists
+            got = module_service_status(md, Outcome(d, service, name_conflict=False, pods=0, ready_pods=0,
+                                                    write_error=error))
+            c = cond(got)
+            assert (c["status"], c["reason"], c["message"]) == ("False", "ServiceWriteFailed", error)
+        # a bad spec is the more useful thing to say: the write would not fix it
+        bad = view(port=0)
+        c = cond(module_service_status(bad, Outcome(None, None, name_conflict=False, pods=0, ready_pods=0,
+                                                    write_error=error)))
+        assert c["reason"] == REASON_INVALID
+
     def test_port_conflict_only_for_the_loser(self) -> None:
         old = view("old", created=T0, port=8080)
         new = view("new", created=T1, port=9090)
