@@ -515,6 +515,39 @@ class TestBadInput:
         finally:
             _apply_crd(fcp)
 
+    async def test_typo_keeps_the_live_service(self, fcp: ControlPlane, fault_ns: str) -> None:
+        """Issue 10 defect 6: a served ModuleDeployment gets a typo (``targetPort: http_port``): its Service
+        stays exactly as it was (not deleted, not changed), status says InvalidSpec; the fix converges."""
+        ns = fault_ns
+        _apply_crd(fcp, crd_without_cel())
+        try:
+            async with api_client(str(fcp.kubeconfig)) as api, \
+                    running_controller(controller_config(str(fcp.kubeconfig), ns, log_level="info")) as manager:
+                md = await api.create_md(ns, module_deployment("e-typo", "e-typo", port=8080, target_port=8080))
+                await api.wait_converged(ns, [md], timeout=30)
+                before = await api.get_svc(ns, "e-typo-service")
+                assert before is not None
+
+                await api.patch_md(ns, "e-typo", service_strategy(targetPort="http_port"))
+                ms = await api.wait_reason(ns, "e-typo", "InvalidSpec", timeout=30)
+                assert "http_port" in ready_condition(ms)["message"]
+                await api.wait_event(ns, reason="InvalidSpec", involved="e-typo", type_="Warning", timeout=30)
+                await wait_quiet(manager)
+                after = await api.get_svc(ns, "e-typo-service")
+                assert after is not None, "the invalid spec deleted the live Service"
+                assert after["metadata"]["uid"] == before["metadata"]["uid"]
+                assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"], \
+                    "the Service was changed while the spec was invalid"
+
+                await api.patch_md(ns, "e-typo", service_strategy(targetPort=9090))
+                svc = await api.wait_svc(ns, "e-typo-service", lambda s: not service_problems(
+                    s, module="e-typo", port=8080, target_port=9090, owners=[md]))
+                assert svc["metadata"]["uid"] == before["metadata"]["uid"]
+                await api.wait_reason(ns, "e-typo", "ServiceReady", timeout=30)
+                assert metric(manager, "rest_client_requests_total", method="DELETE", code="200") == 0
+        finally:
+            _apply_crd(fcp)
+
     async def _run(self, api: Api, ns: str, cp: ControlPlane) -> None:
         kubeconfig = str(cp.kubeconfig)
         bad = {
