@@ -24,6 +24,7 @@ from tests.harness import (
     controller_config,
     module_deployment,
     running_controller,
+    wait_for,
     wait_quiet,
 )
 
@@ -61,13 +62,12 @@ async def test_writer_undoing_our_selector_100_times(kubeconfig: str, namespace:
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch)
             started = time.monotonic()
-            for _ in range(ROUNDS):
-                before = await api.get_svc(ns, name)
-                assert before is not None
-                if before["spec"].get("selector") == ours:
-                    await api.patch_svc(ns, name, {"spec": {"selector": {**dict.fromkeys(ours), "app": "other"}}},
-                                        manager="gitops-self-heal")
-                    undos += 1
+            for i in range(ROUNDS):
+                # Each round is a real change (alternating values), whether or not we restored ours since.
+                changed = await api.patch_svc(ns, name, {"spec": {"selector": {
+                    **dict.fromkeys(ours), "app": f"other-{i % 2}"}}}, manager="gitops-self-heal")
+                assert changed["spec"]["selector"] == {"app": f"other-{i % 2}"}
+                undos += 1
                 await anyio.sleep(PERIOD)
             fight_seconds = time.monotonic() - started
 
@@ -75,14 +75,18 @@ async def test_writer_undoing_our_selector_100_times(kubeconfig: str, namespace:
             await api.wait_svc(ns, name, lambda s: s["spec"].get("selector") == ours, timeout=150,
                                what="our selector restored after the fight")
             await wait_quiet(manager, timeout=60)
+
+            async def watched_all() -> bool:
+                return bool(versions) and versions[-1][1]["spec"].get("selector") == ours
+            await wait_for(watched_all, timeout=30, what="the watch to deliver our last write")
             tg.cancel_scope.cancel()
 
-        writes = [t for (t, obj), (_, prev) in pairwise(versions)
+        writes = [t for (_, prev), (t, obj) in pairwise(versions)
                   if obj["spec"].get("selector") == ours and prev["spec"].get("selector") != ours]
         gaps = [round(b - a, 2) for a, b in pairwise(writes)]
         events = [e for e in await api.events(ns) if (e.get("involvedObject") or {}).get("name") == "fight"]
         summary = sorted((e["type"], e["reason"], e.get("count")) for e in events)
-        print(f"\nfight: {ROUNDS} rounds in {fight_seconds:.1f}s, {undos} undos; our restoring writes: "
+        print(f"\nfight: {undos} undos in {fight_seconds:.1f}s; our restoring writes: "
               f"{len(writes)}, gaps {gaps}; Event objects: {len(events)} {summary}")
 
         assert len(writes) <= 15, f"{len(writes)} writes against {undos} undos in {fight_seconds:.0f}s: a hot loop"
