@@ -131,7 +131,17 @@ class _Stream:
 
     def cut_off(self, stall: _Stall) -> None:
         self.cut = stall
-        self.upstream.close()  # wakes the reader; whatever upstream sends from now on is dropped
+        _abort(self.upstream)  # wakes the reader; whatever upstream sends from now on is dropped
+
+
+def _abort(upstream: aiohttp.ClientResponse) -> None:
+    """Drops an upstream connection at once. A plain close starts a graceful TLS shutdown that nobody
+    awaits; when the test's event loop ends first, the socket leaks and fails a later test with a
+    ResourceWarning (the controller's client does the same, see ``_abort_on_cancel``)."""
+    connection = upstream.connection
+    if connection is not None and connection.transport is not None:
+        connection.transport.abort()
+    upstream.close()
 
 
 class FaultProxy:
@@ -182,7 +192,7 @@ class FaultProxy:
         self._closing.set()
         self.resume()
         for stream in list(self._streams):
-            stream.upstream.close()
+            _abort(stream.upstream)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -373,6 +383,9 @@ class FaultProxy:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await resp.write_eof()
             return resp
+        except asyncio.CancelledError:
+            _abort(upstream)  # the client went away mid-response (a watch torn down)
+            raise
         finally:
             if stream is not None and stream in self._streams:
                 self._streams.discard(stream)
