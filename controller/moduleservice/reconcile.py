@@ -133,6 +133,7 @@ class Reconciler:
         if managed and _invalid_contributor(views):
             # A spec that cannot be served (a typo the CRD let through) must not cost the live Service:
             # keep the last good one unchanged until the spec is fixed; status reports InvalidSpec.
+            self._write_errors.pop(key, None)  # we are not writing: an old refusal no longer applies
             return report
         if desired is None:
             if actual is not None and managed:
