@@ -341,8 +341,8 @@ class Manager:
                 self._seen[key] = min(seen_at, self._seen.get(key, seen_at))
             if result == "requeue_after":
                 self.queue.forget(key)  # a deliberate wait, not a failure (controller-runtime's RequeueAfter)
-            elif self.reconciler.write_error(key) is not None:
-                self.status_queue.add(key)  # the failure goes on the Ready condition
+            elif self.reconciler.take_status_due(key):
+                self.status_queue.add(key)  # a new failure goes on the Ready condition
             if delay:
                 self.queue.add_after(key, delay)
             else:

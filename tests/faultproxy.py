@@ -110,6 +110,8 @@ class ProxyStats:
     forwarded: Counter[str] = field(default_factory=Counter)  # HTTP method (WATCH for watches) -> count
     injected: Counter[int] = field(default_factory=Counter)  # status -> count
     injected_by_method: Counter[tuple[str, int]] = field(default_factory=Counter)
+    # ("services", "moduledeployments/status", "events", ...; status) -> count
+    injected_by_resource: Counter[tuple[str, int]] = field(default_factory=Counter)
     last_injected_at: dict[int, float] = field(default_factory=dict)  # status -> time.monotonic() of the last
     delayed: int = 0  # requests held back by slow_down before being forwarded
     stalled_watches: int = 0  # new watches held open without data
@@ -132,6 +134,16 @@ class _Stream:
     def cut_off(self, stall: _Stall) -> None:
         self.cut = stall
         _abort(self.upstream)  # wakes the reader; whatever upstream sends from now on is dropped
+
+
+def _resource_of(path: str) -> str:
+    """``/api/v1/namespaces/ns/services/x`` -> ``services``; ``.../moduledeployments/x/status`` ->
+    ``moduledeployments/status``; anything else -> the path."""
+    parts = path.strip("/").split("/")
+    if "namespaces" not in parts or len(parts) <= parts.index("namespaces") + 2:
+        return path
+    i = parts.index("namespaces") + 2
+    return f"{parts[i]}/{parts[i + 2]}" if len(parts) > i + 2 else parts[i]
 
 
 def _abort(upstream: aiohttp.ClientResponse) -> None:
@@ -283,8 +295,9 @@ class FaultProxy:
                 return rule
         return None
 
-    def _fail(self, rule: FaultRule, method: str) -> web.Response:
+    def _fail(self, rule: FaultRule, method: str, path: str = "") -> web.Response:
         self.stats.injected[rule.status] += 1
+        self.stats.injected_by_resource[(_resource_of(path), rule.status)] += 1
         self.stats.last_injected_at[rule.status] = time.monotonic()
         self.stats.injected_by_method[(method, rule.status)] += 1
         reason = _REASONS.get(rule.status, "InternalError")
@@ -332,7 +345,7 @@ class FaultProxy:
         body = await request.read()
         rule = self._rule_for(method, request.path, is_watch)
         if rule is not None:
-            return self._fail(rule, method)
+            return self._fail(rule, method, request.path)
         stall = self._stall
         if is_watch and stall is not None and (stall.path_contains is None or stall.path_contains in request.path):
             return await self._hold(request, stall)

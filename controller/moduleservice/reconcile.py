@@ -108,6 +108,7 @@ class Reconciler:
         # ModuleDeployments its last status pass saw alive, so deleted ones never accumulate.
         self._status_written: dict[ServiceKey, dict[str, tuple[str, dict[str, Any]]]] = {}
         self._write_errors: dict[ServiceKey, str] = {}
+        self._status_due: set[ServiceKey] = set()
         self.fights: FightDetector[ServiceKey] = fights or FightDetector(time.monotonic)
 
     def _fence(self) -> None:
@@ -133,7 +134,7 @@ class Reconciler:
         if managed and _invalid_contributor(views):
             # A spec that cannot be served (a typo the CRD let through) must not cost the live Service:
             # keep the last good one unchanged until the spec is fixed; status reports InvalidSpec.
-            self._write_errors.pop(key, None)  # we are not writing: an old refusal no longer applies
+            self._forget_write_error(key)  # we are not writing: an old refusal no longer applies
             return report
         if desired is None:
             if actual is not None and managed:
@@ -154,8 +155,12 @@ class Reconciler:
                                   lambda: self._patch(actual, patch, report))
                 self._event(desired, "Normal", "ServiceUpdated", f"Updated Service {key.name} ({desired.port})")
         # else: a Service we do not manage holds the name; never touch it (status reports NameConflict).
-        self._write_errors.pop(key, None)
+        self._forget_write_error(key)
         return report
+
+    def _forget_write_error(self, key: ServiceKey) -> None:
+        self._write_errors.pop(key, None)
+        self._status_due.discard(key)
 
     async def _write(self, key: ServiceKey, fingerprint: str, doing: str, refs: list[ObjectRef],
                      write: Callable[[], Awaitable[None]]) -> None:
@@ -169,6 +174,8 @@ class Reconciler:
         except ApiError as exc:
             if not isinstance(exc, TooManyRequests):  # throttling is transient and not the user's to fix
                 message = f"{doing} failed: {exc}"
+                if self._write_errors.get(key) != message:
+                    self._status_due.add(key)
                 self._write_errors[key] = message
                 for ref in refs:
                     self.events.record(ref, "Warning", REASON_WRITE_FAILED, message)
@@ -185,6 +192,14 @@ class Reconciler:
     def write_error(self, key: ServiceKey) -> str | None:
         """The API's answer to the last failed Service write of ``key`` (None after a success)."""
         return self._write_errors.get(key)
+
+    def take_status_due(self, key: ServiceKey) -> bool:
+        """True once after a failure with a new message: the status lane should show it. (Not on every
+        retry: with the API refusing every write, the status write would only fail alongside.)"""
+        if key in self._status_due:
+            self._status_due.discard(key)
+            return True
+        return False
 
     async def reconcile_status(self, key: ServiceKey) -> Report:
         """Writes ``status.moduleService`` of every ModuleDeployment of this key, where it changed."""

@@ -307,11 +307,17 @@ class TestThrottlingAndServerErrors:
                     await api.delete_md(ns, md["metadata"]["name"])
                 await api.create_mds(ns, [module_deployment(f"c{i}", f"c{i}") for i in range(10, 20)])
                 lasted = await fault_window(proxy, 500, 15, self.WINDOW, since)
-                failed = proxy.stats.injected[500]
+                failed = proxy.stats.injected_by_resource[("services", 500)]
                 # Per-key exponential backoff from 5 ms: about log2(window / 5 ms) + 1 attempts per key
                 # (18 keys; the garbage collector may delete the 3 orphaned Services first).
                 attempts_per_key = math.log2(lasted / 0.005) + 2
-                assert 2 * 15 <= failed <= 18 * attempts_per_key, (failed, lasted)
+                assert 2 * 15 <= failed <= 18 * attempts_per_key, (failed, lasted, proxy.stats.injected_by_resource)
+                # A refused Service write is also shown on the status (its own lane and backoff, fed once
+                # per new error) and as a Warning Event (at most one per failed attempt, coalesced): each
+                # of those is bounded like the Service writes, never a loop of its own.
+                for resource in ("moduledeployments/status", "events"):
+                    extra = proxy.stats.injected_by_resource[(resource, 500)]
+                    assert extra <= 18 * attempts_per_key, (resource, extra, lasted)
                 await wait_exact_state(api, ns, timeout=40)
                 await wait_quiet(manager, timeout=30)
 
