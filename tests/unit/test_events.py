@@ -132,10 +132,12 @@ class FakeEventsApi:
         self.calls: list[tuple[str, str, JsonObj]] = []
         self.events: dict[str, JsonObj] = {}
         self.gate: anyio.Event | None = None
+        self.at_gate = 0  # requests that reached the gate
 
     async def request(self, method: str, path: str, *, params: Any = None, body: Any = None,
                       content_type: str = "application/json", timeout: float | None = None) -> JsonObj:
         if self.gate is not None:
+            self.at_gate += 1
             await self.gate.wait()
         self.calls.append((method, path, copy.deepcopy(body)))
         if method == "POST":
@@ -181,7 +183,9 @@ class TestRecorder:
         async with anyio.create_task_group() as tg:
             await tg.start(rec.run)
             rec.record(REF, "Normal", "ServiceUpdated", "one")
-            await anyio.sleep(0.01)  # the POST of "one" is now on the wire, held by the gate
+            with anyio.fail_after(10):
+                while api.at_gate == 0:  # until the POST of "one" is on the wire, held by the gate
+                    await anyio.sleep(0.001)
             for _ in range(10):
                 rec.record(REF, "Normal", "ServiceUpdated", "one")
                 rec.record(REF, "Warning", "Other", "two")
