@@ -97,7 +97,7 @@ class Process(Controller):
                         f"--health-probe-bind-address=127.0.0.1:{self.probe_port}", *contender.args]
         else:
             env["KUBECONFIG"] = kubeconfig
-            self.cmd = [str(peers["kopf"]), "run", "--standalone", "--all-namespaces", "--quiet",
+            self.cmd = [str(peers["kopf"]), "run", "--standalone", "--all-namespaces",
                         f"--liveness=http://127.0.0.1:{self.probe_port}/readyz", str(PEERS_DIR / "kopf" / "peer.py"),
                         *contender.args]
         with self.log_path.open("ab") as log:
