@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -43,6 +45,7 @@ def test_bench_smoke_produces_figures(tmp_path: Path) -> None:
     assert "kube-apiserver | v" in table
 
 
+@pytest.mark.timeout(960)  # five contenders, each on its own control plane: minutes on a loaded 2-core machine
 def test_bench_smoke_side_by_side_with_the_peers(tmp_path: Path) -> None:
     """The peers (controller-runtime, kopf; built by bench/peers/build.sh) and this controller each do the
     job at tiny sizes: every contender makes every Service, goes idle with no write, starts on a loaded
