@@ -102,11 +102,12 @@ def ensure(body: Any, spec: Any, namespace: str) -> None:
     except kubernetes.client.ApiException as exc:
         if exc.status != 409:
             raise
-        # It exists: a merge patch of what we own (a no-op patch when nothing changed, as kopf users write it).
+        # It exists: a JSON merge patch of what we own (a strategic merge patch would add a second port beside
+        # the old one instead of replacing it); a no-op patch when nothing changed, as kopf users write it.
         meta = svc["metadata"]
         patch = {"metadata": {"labels": meta["labels"], "ownerReferences": meta["ownerReferences"]},
                  "spec": svc["spec"]}
-        _api.patch_namespaced_service(name, namespace, patch)
+        _api.patch_namespaced_service(name, namespace, patch, _content_type="application/merge-patch+json")
 
 
 @kopf.on.event("v1", "services", labels=MANAGED_BY)
