@@ -50,11 +50,11 @@ CR_PODS = Contender("cr-pods", "controller-runtime, tuned, caching Pods too", "c
                     ("--workers=4", "--qps=1000", "--burst=2000", "--strip-managed-fields", "--watch-pods"))
 KOPF = Contender("kopf", "kopf, defaults", "kopf",
                  "kopf 1.45.2 with the official kubernetes client 37.0.2 in synchronous handlers, default settings "
-                 "(progress and diff-base in annotations on each ModuleDeployment, an Event per handler run, the "
-                 "default thread pool), `kopf run --standalone --all-namespaces`")
+                 "(progress and diff-base in annotations on each ModuleDeployment; log lines not posted as Events; "
+                 "the default thread pool), `kopf run --standalone --all-namespaces`")
 KOPF_TUNED = Contender("kopf-tuned", "kopf, tuned", "kopf",
-                       "kopf 1.45.2 as above, tuned: settings.posting.level = WARNING (no Event per successful "
-                       "handler), settings.execution.max_workers = 16",
+                       "kopf 1.45.2 as above, tuned: settings.execution.max_workers = 16 (threads for the "
+                       "synchronous handlers)",
                        env=(("KOPF_PEER_TUNED", "1"),))
 
 BURST_CONTENDERS = (MSC, CR, CR_TUNED, KOPF, KOPF_TUNED)

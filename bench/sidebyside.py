@@ -197,7 +197,7 @@ async def run_burst(sizes: Sizes) -> BenchResult:
         "selector, port, type, controller owner reference; uids checked afterwards). CPU: from the first create "
         "until quiet (no contender write for 1 s and, where the contender has metrics, an empty work queue), "
         "which includes what each contender writes besides the Service (this controller: status and an Event; "
-        "kopf: its progress annotations and, by default, an Event per handler run). Writes are counted by the "
+        "kopf: its progress annotations). Writes are counted by the "
         f"API server. Idle: a {sizes.idle_window:.0f} s window right after. Ratios are per round.")
     return res
 

@@ -3,16 +3,15 @@
 The same job, written as kopf's documentation shows: handlers for create/update/resume of a
 ModuleDeployment that make its "<module>-service" with the official client and ``kopf.adopt`` (owner
 reference), delete it when the service is disabled, and restore it when it is deleted. The Kubernetes
-garbage collector deletes it with its ModuleDeployment. kopf's settings are its defaults unless
-``KOPF_PEER_TUNED=1``: then Events are posted only for warnings and errors (not one per handler run) and
-the executor for the synchronous handlers gets 16 threads.
+garbage collector deletes it with its ModuleDeployment. kopf's settings are its defaults (its state in
+annotations on each ModuleDeployment; log lines are not posted as Events, ``settings.posting.loggers`` is
+false) unless ``KOPF_PEER_TUNED=1``: then the executor for the synchronous handlers gets 16 threads.
 
 Run: ``kopf run --standalone --all-namespaces peer.py`` with ``KUBECONFIG`` set.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import threading
@@ -47,14 +46,13 @@ def _first_reconcile() -> None:
 def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     global _api
     if TUNED:
-        settings.posting.level = logging.WARNING
         settings.execution.max_workers = 16
     if os.environ.get("KUBERNETES_SERVICE_HOST"):
         kubernetes.config.load_incluster_config()
     else:
         kubernetes.config.load_kube_config()
     _api = kubernetes.client.CoreV1Api()
-    print(f'{{"msg":"config","tuned":{str(TUNED).lower()},"posting_level":{settings.posting.level},'
+    print(f'{{"msg":"config","tuned":{str(TUNED).lower()},"posting_loggers":{str(settings.posting.loggers).lower()},'
           f'"max_workers":{settings.execution.max_workers or "null"}}}', file=sys.stderr, flush=True)
 
 
