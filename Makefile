@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup controlplane helm demo test lint unit integration e2e bench bench-smoke clean
+.PHONY: setup controlplane helm peers demo test lint unit integration e2e bench bench-smoke clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ controlplane: setup
 helm: setup
 	$(PY) -m tests.helm build
 
+# The benchmark's peers (bench/peers/): a controller-runtime binary from pinned Go modules and kopf in a venv
+# of its own, cached in ~/.cache/module-service-controller/peers (a cold build takes a few minutes).
+peers:
+	bash bench/peers/build.sh $(HOME)/.cache/module-service-controller/peers
+
 # Everything from a fresh clone: venv, control plane, CRD, the controller, the seed's sample -> its Service.
 demo: controlplane
 	bash scripts/demo.sh
@@ -39,15 +44,15 @@ unit: setup
 
 # The test command: lint, type-check, then every tier against a real local control plane. The Prometheus
 # tests skip where the server is missing, except here: make test installs it, so a skip would hide a failure.
-test: controlplane helm
+test: controlplane helm peers
 	bash .ci/install-prometheus.sh
 	$(MAKE) --no-print-directory lint
 	MSC_REQUIRE_PROMETHEUS=1 $(VENV)/bin/pytest tests -q
 
-bench: controlplane
+bench: controlplane peers
 	$(PY) -m bench
 
-bench-smoke: controlplane
+bench-smoke: controlplane peers
 	$(PY) -m bench --smoke
 
 clean:

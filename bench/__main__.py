@@ -17,7 +17,7 @@ from pathlib import Path
 import anyio
 import orjson
 
-from . import burst, common, failover, idle, latency, memory, startup
+from . import burst, common, failover, idle, latency, memory, sidebyside, startup
 from . import profile as profiler
 from .common import FULL, ROOT, SMOKE, BenchResult, Sizes, say, stop_everything
 from .report import Run, load_average, machine_facts, render, to_json
@@ -29,6 +29,8 @@ BENCHMARKS: dict[str, Callable[[Sizes], Awaitable[BenchResult]]] = {
     "memory": memory.run,
     "startup": startup.run,
     "failover": failover.run,
+    "vs-burst": sidebyside.run_burst,
+    "vs-memory": sidebyside.run_memory,
 }
 
 

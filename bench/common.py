@@ -78,6 +78,11 @@ class Sizes:
     failover_settings: tuple[tuple[float, float, float], ...] = ((15.0, 10.0, 2.0), (4.0, 3.0, 1.0))
     load_concurrency: int = 64
     profile_mds: int = 2000
+    # Side by side with the peers (bench/sidebyside.py); the idle window is idle_window.
+    vs_burst_mds: int = 1000
+    vs_memory_mds: int = 10_000
+    vs_memory_pods: int = 30_000
+    vs_runs: int = 3
 
 
 FULL = Sizes()
@@ -89,6 +94,7 @@ SMOKE = Sizes(
     startup_mds=200, startup_runs=2,
     failover_runs=1, failover_mds=10, failover_settings=((4.0, 3.0, 1.0),),
     profile_mds=200,
+    vs_burst_mds=40, vs_memory_mds=60, vs_memory_pods=180, vs_runs=1,
 )
 
 

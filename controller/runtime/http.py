@@ -31,10 +31,6 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from anyio.abc import TaskStatus
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
@@ -324,6 +320,12 @@ class MetricsServer(_Server):
 def generate_self_signed_cert(hosts: Sequence[str] = ("localhost", "127.0.0.1")) -> tuple[bytes, bytes]:
     """(cert PEM, key PEM): a P-256 self-signed certificate for ``hosts`` (DNS names or IPs), valid a year.
     Scrapers use ``insecureSkipVerify`` against it, as with controller-runtime's."""
+    # Imported here: cryptography costs ~8 MiB of RSS, and only --metrics-secure without a cert dir needs it.
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{hosts[0]}@{int(now.timestamp())}")])

@@ -18,10 +18,10 @@ import anyio
 import orjson
 import pytest
 from aiohttp import web
-from kubernetes_asyncio.client import Configuration
 
 from controller.runtime.informer import Backoff, Informer, Store, object_key, strip_managed_fields
 from controller.runtime.kube.client import JsonObj, KubeClient
+from controller.runtime.kube.config import Configuration
 from controller.runtime.kube.errors import Gone, ServerError, TransportError, WatchStalled
 from controller.runtime.kube.resources import PODS
 

@@ -1,14 +1,13 @@
 """The only code that speaks HTTP to the API server.
 
-Built on kubernetes-asyncio's ``Configuration`` (kubeconfig or in-cluster loading, token refresh hook)
-but with our own aiohttp session: plain dicts in and out (orjson), a timeout on every request, typed
+Credentials come from ``config.py`` (kubeconfig or in-cluster loading, token refresh); requests go through
+our own aiohttp session: plain dicts in and out (orjson), a timeout on every request, typed
 errors, and a raw watch reader that splits JSON lines itself (lines of several MiB are fine) instead of
 kubernetes-asyncio's ``Watch`` (which retries 410 with a stale RV and re-serialises every event).
 """
 
 from __future__ import annotations
 
-import os
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -19,9 +18,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import anyio
 import orjson
-from kubernetes_asyncio import config as kube_config
-from kubernetes_asyncio.client import Configuration
 
+from .config import Configuration, load_configuration
 from .errors import ApiError, TransportError, WatchStalled, error_from_status
 
 __all__ = ["JsonObj", "KubeClient", "RequestHook", "load_configuration"]
@@ -33,22 +31,6 @@ RequestHook = Callable[[str, str, float], None]
 DEFAULT_TIMEOUT = 30.0
 _CONNECT_TIMEOUT = 10.0
 _USER_AGENT = "module-service-controller/0.1"
-
-
-async def load_configuration(kubeconfig: str | None = None, context: str | None = None) -> Configuration:
-    """Loads credentials: an explicit kubeconfig, else in-cluster, else ``$KUBECONFIG``/``~/.kube/config``
-    (controller-runtime's order)."""
-    cfg = Configuration()
-    if kubeconfig:
-        await kube_config.load_kube_config(
-            config_file=kubeconfig, context=context, client_configuration=cfg, persist_config=False
-        )
-        return cfg
-    if os.environ.get("KUBERNETES_SERVICE_HOST"):
-        kube_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-        return cfg
-    await kube_config.load_kube_config(context=context, client_configuration=cfg, persist_config=False)
-    return cfg
 
 
 def _ssl_context(cfg: Configuration) -> ssl.SSLContext:

@@ -1,0 +1,313 @@
+"""7-8. Side by side with the peers (bench/peers/): controller-runtime and kopf doing the same job.
+
+7. Burst, then idle: per round and per contender (the order rotates between rounds) a fresh control plane,
+   the contender alone on it, a warm-up, then N ModuleDeployments created at concurrency C; the time from
+   the first create until the last of the N Services is right on the benchmark's own watch, the
+   contender's CPU and its API writes until it is quiet, then its writes and CPU in an idle window.
+8. Memory and start-up: one control plane with M ModuleDeployments, P module Pods and the M Services
+   (converged by this controller, whose Services are the contract's, so the state is converged for every
+   contender). Per round, in rotated order, a fresh process of each contender: the time from its spawn to
+   its first reconcile, the writes it makes at start-up, and its RSS once it is quiet.
+
+API writes are counted by the API server (apiserver_request_total for Services, Events, and updates of
+ModuleDeployments), the same measure for every contender. Ratios are per round, to the reference
+controller-runtime contender of the same round.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+
+from controller.moduleservice.resources import MODULE_DEPLOYMENTS
+from controller.runtime.kube.client import JsonObj, KubeClient
+from controller.runtime.kube.resources import SERVICES
+from tests.harness import module_deployment
+
+from .common import (
+    _LIVE_CONTROLLERS,
+    BenchError,
+    BenchResult,
+    Cluster,
+    Figure,
+    Sizes,
+    Watch,
+    bounded,
+    cluster,
+    create_mds,
+    create_namespace,
+    create_pods_in,
+    kube_client,
+    metric,
+    pod,
+    say,
+    server_version,
+    service_ok,
+    wait_quiet,
+)
+from .contenders import (
+    BURST_CONTENDERS,
+    CR_PODS,
+    CR_TUNED,
+    KOPF,
+    MEMORY_CONTENDERS,
+    MSC,
+    Contender,
+    Process,
+    apiserver_writes,
+    build_peers,
+)
+from .report import load_average
+
+NS = "bench"
+SETTLE = 2.0
+
+
+def rotated(items: Sequence[Contender], round_no: int) -> list[Contender]:
+    k = round_no % len(items)
+    return [*items[k:], *items[:k]]
+
+
+def spawn(cl: Cluster, contender: Contender, peers: dict[str, Path], name: str, *,
+          log_level: str = "warning") -> Process:
+    proc = Process(contender, peers, cl.kubeconfig, cl.workdir, name, log_level=log_level)
+    cl.controllers.append(proc)
+    _LIVE_CONTROLLERS.append(proc)
+    return proc
+
+
+async def wait_settled(proc: Process, cl: Cluster, *, quiet_for: float, timeout: float) -> float:
+    """Waits until no contender write has reached the API server for ``quiet_for`` seconds and, where the
+    contender has metrics, its work queue is empty and no worker is busy. Returns the write count then."""
+    deadline = time.perf_counter() + timeout
+    last, changed = -1.0, time.perf_counter()
+    while True:
+        if not proc.alive():
+            raise BenchError(f"{proc.name} exited with {proc.proc.returncode}: {proc.tail()}")
+        writes = await apiserver_writes(cl.cp)
+        now = time.perf_counter()
+        if writes != last:
+            last, changed = writes, now
+        busy = False
+        if proc.has_metrics:
+            samples = await proc.scrape()
+            busy = metric(samples, "workqueue_depth") > 0 or metric(samples, "controller_runtime_active_workers") > 0
+        if not busy and now - changed >= quiet_for:
+            return writes
+        if now > deadline:
+            raise BenchError(f"{proc.name} did not go quiet within {timeout:.0f}s ({writes:.0f} writes so far)")
+        await anyio.sleep(0.5)
+
+
+async def _burst_once(client: KubeClient, prefix: str, n: int, concurrency: int, timeout: float) -> float:
+    modules = [f"{prefix}-m{i}" for i in range(n)]
+    expected = {f"{m}-service": (m, f"md-{m}") for m in modules}
+
+    def check(name: str, svc: JsonObj) -> bool:
+        want = expected.get(name)
+        return want is not None and service_ok(svc, want[0], want[1])
+
+    watch = Watch(client, SERVICES.path(NS), check)
+    async with anyio.create_task_group() as tg:
+        await tg.start(watch.run)
+        started = time.perf_counter()
+        created = await create_mds(client, NS, [module_deployment(f"md-{m}", m) for m in modules], concurrency)
+        done = await watch.wait_all(expected, timeout)
+        tg.cancel_scope.cancel()
+    wrong = [name for name, (_, md) in expected.items()
+             if watch.latest[name]["metadata"]["ownerReferences"][0]["uid"] != created[md]["metadata"]["uid"]]
+    if wrong:
+        raise BenchError(f"{len(wrong)} Services owned by the wrong ModuleDeployment, e.g. {wrong[0]}")
+    return done - started
+
+
+def _ratio_figures(res: BenchResult, what: str, unit_of: dict[str, Figure], ref: Contender,
+                   contenders: Sequence[Contender], *, bounds: dict[str, tuple[str, float, str]] | None = None) -> None:
+    """Per-round ratios of each contender's figure to the reference contender's, as figures."""
+    base = unit_of[ref.key].values
+    for c in contenders:
+        if c.key == ref.key:
+            continue
+        vals = unit_of[c.key].values
+        target, bound = "", None
+        if bounds and c.key in bounds:
+            op, limit, target = bounds[c.key]
+            bound = (op, limit)
+        fig = res.figure(f"{what}: {c.label} / {ref.label}", "x", target=target, bound=bound, digits=2)
+        fig.values = [v / b for v, b in zip(vals, base, strict=False) if b and math.isfinite(v) and math.isfinite(b)]
+
+
+async def run_burst(sizes: Sizes) -> BenchResult:
+    n, conc, rounds = sizes.vs_burst_mds, sizes.burst_concurrency, sizes.vs_runs
+    res = BenchResult("vs-burst", f"7. Side by side, burst and idle: {n} ModuleDeployments at concurrency {conc}")
+    peers = await anyio.to_thread.run_sync(build_peers)
+    secs = {c.key: res.figure(f"time to all {n} Services right: {c.label}", "s", digits=2) for c in BURST_CONTENDERS}
+    cpu = {c.key: res.figure(f"CPU s until quiet: {c.label}", "s") for c in BURST_CONTENDERS}
+    writes = {c.key: res.figure(f"API writes per ModuleDeployment: {c.label}", "", digits=2) for c in BURST_CONTENDERS}
+    rss = {c.key: res.figure(f"RSS after the burst: {c.label}", "MiB", digits=0) for c in BURST_CONTENDERS}
+    idle = {c.key: res.figure(f"API writes in {sizes.idle_window:.0f} s idle: {c.label}", "", target="0",
+                              bound=("le", 0.0), digits=0) for c in BURST_CONTENDERS}
+    idle_cpu = {c.key: res.figure(f"CPU s in {sizes.idle_window:.0f} s idle: {c.label}", "s", digits=3)
+                for c in BURST_CONTENDERS}
+    warm = max(10, n // 10)
+    timeout = 180.0 + n * 0.5
+    loads: list[str] = []
+    for round_no in range(rounds):
+        for c in rotated(BURST_CONTENDERS, round_no):
+            async with cluster(f"vs-burst-{round_no + 1}-{c.key}") as cl, kube_client(cl.kubeconfig) as client:
+                res.facts["kube-apiserver"] = await server_version(client)
+                await create_namespace(client, NS)
+                proc = spawn(cl, c, peers, f"vs-{c.key}-{round_no}")
+                await proc.wait_ready(timeout=180)
+                await _burst_once(client, "w", warm, conc, timeout)
+                await wait_settled(proc, cl, quiet_for=1.0, timeout=timeout)
+                writes_before, cpu_before = await apiserver_writes(cl.cp), proc.cpu_seconds()
+                secs[c.key].values.append(await _burst_once(client, "b", n, conc, timeout))
+                writes_after = await wait_settled(proc, cl, quiet_for=1.0, timeout=timeout)
+                cpu[c.key].values.append(proc.cpu_seconds() - cpu_before)
+                writes[c.key].values.append((writes_after - writes_before) / n)
+                rss[c.key].values.append(proc.rss() / 2**20)
+                cpu_before = proc.cpu_seconds()
+                await anyio.sleep(sizes.idle_window)
+                idle[c.key].values.append(await apiserver_writes(cl.cp) - writes_after)
+                idle_cpu[c.key].values.append(proc.cpu_seconds() - cpu_before)
+                say(f"vs-burst round {round_no + 1}/{rounds} {c.key}: {secs[c.key].values[-1]:.1f}s, "
+                    f"CPU {cpu[c.key].values[-1]:.1f}s, {writes[c.key].values[-1]:.2f} writes/MD, "
+                    f"RSS {rss[c.key].values[-1]:.0f} MiB, idle writes {idle[c.key].values[-1]:.0f}, "
+                    f"load {load_average()[0]:.2f}")
+                await proc.stop()
+        loads.append(f"{load_average()[0]:.2f}")
+    _ratio_figures(res, "time to all Services", secs, CR_TUNED, BURST_CONTENDERS,
+                   bounds={MSC.key: ("le", 0.7, "≤ 0.7x")})
+    kopf_ratio = res.figure(f"time to all Services: {MSC.label} / {KOPF.label}", "x", target="≤ 0.5x",
+                            bound=("le", 0.5), digits=2)
+    kopf_ratio.values = [a / b for a, b in zip(secs[MSC.key].values, secs[KOPF.key].values, strict=False) if b]
+    _ratio_figures(res, "CPU s", cpu, CR_TUNED, BURST_CONTENDERS)
+    res.facts["1-minute load average after each round"] = ", ".join(loads)
+    for c in BURST_CONTENDERS:
+        res.facts[f"configuration of '{c.label}'"] = c.config
+    res.notes.append(
+        f"{rounds} rounds; in each, every contender runs alone on a fresh control plane (the order rotates between "
+        f"rounds), serving all namespaces, after a warm-up of {warm} ModuleDeployments (not counted). Time: from the "
+        f"first of {n} creates ({conc} in flight) until the last Service is right on the benchmark's watch (labels, "
+        "selector, port, type, controller owner reference; uids checked afterwards). CPU: from the first create "
+        "until quiet (no contender write for 1 s and, where the contender has metrics, an empty work queue), "
+        "which includes what each contender writes besides the Service (this controller: status and an Event; "
+        "kopf: its progress annotations). Writes are counted by the "
+        f"API server. Idle: a {sizes.idle_window:.0f} s window right after. Ratios are per round.")
+    return res
+
+
+async def _build_loaded_cluster(cl: Cluster, client: KubeClient, sizes: Sizes, peers: dict[str, Path]) -> str:
+    m, p, k = sizes.vs_memory_mds, sizes.vs_memory_pods, sizes.memory_modules_per_pod
+    namespaces = [f"{NS}-{i}" for i in range(sizes.memory_namespaces)]
+    for ns in namespaces:
+        await create_namespace(client, ns)
+    m_ns, p_ns = m // len(namespaces), p // len(namespaces)
+    started = time.perf_counter()
+    await create_pods_in(client, [(ns, pod(f"base-{j}", [f"m{(j + x) % m_ns}" for x in range(k)]))
+                                  for ns in namespaces for j in range(p_ns)], sizes.load_concurrency)
+    builder = spawn(cl, MSC, peers, "vs-memory-builder")
+    await builder.wait_ready(timeout=300)
+    for ns in namespaces:
+        await create_mds(client, ns, [module_deployment(f"md-m{i}", f"m{i}") for i in range(m_ns)],
+                         sizes.load_concurrency)
+    await wait_quiet(builder, services=m_ns * len(namespaces), quiet_for=3.0, timeout=3600)
+    await builder.stop()
+    return (f"{m_ns * len(namespaces)} ModuleDeployments, {p_ns * len(namespaces)} Pods ({k} module labels each) and "
+            f"their Services in {len(namespaces)} namespaces, converged by this controller in "
+            f"{time.perf_counter() - started:.0f} s")
+
+
+async def _remove_kopf_annotations(client: KubeClient, namespaces: Sequence[str], concurrency: int) -> int:
+    """kopf keeps its state in annotations on every ModuleDeployment it handled; the next contender must not
+    cache them. Returns how many ModuleDeployments were cleaned."""
+    targets: list[tuple[str, str, dict[str, None]]] = []
+    for ns in namespaces:
+        params: dict[str, str | int | bool] = {"limit": 500}
+        while True:
+            page = await client.request("GET", MODULE_DEPLOYMENTS.path(ns), params=params, timeout=120)
+            for md in page.get("items") or []:
+                notes = md["metadata"].get("annotations") or {}
+                kopf_keys = {key: None for key in notes if key.startswith("kopf.zalando.org/")}
+                if kopf_keys:
+                    targets.append((ns, md["metadata"]["name"], kopf_keys))
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                break
+            params["continue"] = token
+
+    async def one(item: tuple[str, str, dict[str, None]]) -> None:
+        ns, name, keys = item
+        await client.request("PATCH", MODULE_DEPLOYMENTS.path(ns, name), body={"metadata": {"annotations": keys}},
+                             content_type="application/merge-patch+json")
+
+    await bounded(concurrency, targets, one)
+    return len(targets)
+
+
+async def run_memory(sizes: Sizes) -> BenchResult:
+    m, p, rounds = sizes.vs_memory_mds, sizes.vs_memory_pods, sizes.vs_runs
+    res = BenchResult("vs-memory", f"8. Side by side, start-up and memory: {m} ModuleDeployments, {p} module Pods "
+                                   f"and {m} Services present")
+    peers = await anyio.to_thread.run_sync(build_peers)
+    first = {c.key: res.figure(f"process start → first reconcile: {c.label}", "s", digits=2)
+             for c in MEMORY_CONTENDERS}
+    start_writes = {c.key: res.figure(f"API writes until quiet after start: {c.label}", "", digits=0)
+                    for c in MEMORY_CONTENDERS}
+    rss = {c.key: res.figure(f"RSS once quiet: {c.label}", "MiB", digits=1) for c in MEMORY_CONTENDERS}
+    empty = {c.key: res.figure(f"RSS at empty start: {c.label}", "MiB", digits=1) for c in MEMORY_CONTENDERS}
+    namespaces = [f"{NS}-{i}" for i in range(sizes.memory_namespaces)]
+    timeout = 300.0 + m * 0.3
+    async with cluster("vs-memory") as cl, kube_client(cl.kubeconfig) as client:
+        res.facts["kube-apiserver"] = await server_version(client)
+        # Empty start first, on the empty cluster.
+        for c in MEMORY_CONTENDERS:
+            proc = spawn(cl, c, peers, f"vs-empty-{c.key}")
+            await proc.wait_ready(timeout=180)
+            await anyio.sleep(SETTLE)
+            empty[c.key].values.append(proc.rss() / 2**20)
+            await proc.stop()
+        res.facts["state"] = await _build_loaded_cluster(cl, client, sizes, peers)
+        say(f"vs-memory: {res.facts['state']}")
+        for round_no in range(rounds):
+            for c in rotated(MEMORY_CONTENDERS, round_no):
+                writes_before = await apiserver_writes(cl.cp)
+                proc = spawn(cl, c, peers, f"vs-{c.key}-{round_no}", log_level="info")
+                first[c.key].values.append(await proc.wait_first_reconcile(timeout=300))
+                try:
+                    writes_after = await wait_settled(proc, cl, quiet_for=3.0, timeout=timeout)
+                except BenchError as exc:
+                    res.notes.append(f"Round {round_no + 1}, {c.label}: {exc}; RSS read then.")
+                    writes_after = await apiserver_writes(cl.cp)
+                await anyio.sleep(SETTLE)
+                rss[c.key].values.append(proc.rss() / 2**20)
+                start_writes[c.key].values.append(writes_after - writes_before)
+                await proc.stop()
+                say(f"vs-memory round {round_no + 1}/{rounds} {c.key}: first reconcile "
+                    f"{first[c.key].values[-1]:.2f}s, {start_writes[c.key].values[-1]:.0f} writes, RSS "
+                    f"{rss[c.key].values[-1]:.0f} MiB, load {load_average()[0]:.2f}")
+                if c.kind == "kopf":
+                    cleaned = await _remove_kopf_annotations(client, namespaces, sizes.load_concurrency)
+                    say(f"vs-memory: removed kopf's annotations from {cleaned} ModuleDeployments")
+    _ratio_figures(res, "first reconcile", first, CR_PODS, MEMORY_CONTENDERS,
+                   bounds={MSC.key: ("le", 1.5, "≤ 1.5x")})
+    _ratio_figures(res, "RSS once quiet", rss, CR_PODS, MEMORY_CONTENDERS,
+                   bounds={MSC.key: ("le", 1.5, "≤ 1.5x")})
+    for c in MEMORY_CONTENDERS:
+        res.facts[f"configuration of '{c.label}'"] = c.config
+    res.notes.append(
+        f"One control plane; the state is built once. {rounds} rounds; in each, a fresh process of every contender "
+        "in turn (the order rotates between rounds), alone on the cluster. First reconcile: from just before the "
+        "benchmark spawns the process to the timestamp of its first reconcile in its log (this controller: its "
+        "first `reconciled` line, with `--log-level info`; the peers print one `first_reconcile` line), so it "
+        "includes the interpreter or binary starting and the initial lists. Writes: what the contender wrote "
+        "from its start until quiet (no write for 3 s); on a converged cluster the contract needs none. RSS: "
+        f"VmRSS {SETTLE:.0f} s after quiet. kopf's annotations are removed after each kopf run so that no other "
+        "contender caches them. Ratios are per round, to controller-runtime caching the same objects.")
+    return res
+
