@@ -14,13 +14,13 @@ from contextlib import asynccontextmanager
 
 import anyio
 import pytest
-from kubernetes_asyncio.client import Configuration
 from prometheus_client import CollectorRegistry
 
 from controller.config import Config
 from controller.manager import STATUS_QUEUE_NAME, Manager
 from controller.moduleservice.mapping import ServiceKey
 from controller.runtime.kube.client import KubeClient
+from controller.runtime.kube.config import Configuration
 from controller.runtime.metrics import Metrics
 from tests.harness import wait_for
 
