@@ -1,36 +1,44 @@
 # syntax=docker/dockerfile:1
 # module-service-controller image.
 #   docker build -t module-service-controller:0.1.0 .
-# Two stages on the same pinned base: the builder installs the package and its pinned runtime
-# dependencies (all available as wheels) into /opt/venv; the final stage copies only that venv.
+#   scripts/build-image.sh   (buildah, on a local Debian stand-in base: no registry needed)
+# Two stages on the same base: the builder installs the package and its pinned runtime dependencies
+# (all available as wheels) into /opt/venv; the final stage copies only that venv.
+#
+# BASE_IMAGE: any Debian-based image with python3 (>= 3.11) and its venv module. The default is the
+# pinned official slim image; scripts/build-image.sh passes a local mmdebstrap bookworm root instead.
+ARG BASE_IMAGE=python:3.11.11-slim-bookworm
 
-FROM python:3.11.11-slim-bookworm AS builder
+FROM ${BASE_IMAGE} AS builder
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore
 
-RUN python -m venv /opt/venv
+RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
 # Only what `pip install .` needs: the project metadata (pyproject.toml names README.md) and the package.
 COPY pyproject.toml README.md ./
 COPY controller/ ./controller/
-RUN pip install --no-cache-dir . \
+# A build behind a TLS-intercepting proxy passes its CA as a build secret (--secret id=pip-ca,src=...):
+# it is mounted for this step only and never stored in a layer.
+RUN --mount=type=secret,id=pip-ca,required=false \
+    if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
+ && pip install --no-cache-dir . \
  && module-service-controller --help >/dev/null
 
 
-FROM python:3.11.11-slim-bookworm
+FROM ${BASE_IMAGE}
 
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="module-service-controller" \
       org.opencontainers.image.description="Kubernetes controller that gives Koupleless ModuleDeployments their module Service" \
-      org.opencontainers.image.source="https://github.com/koupleless/module-service-controller" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.version="${VERSION}"
 
-# The venv's python links to /usr/local/bin/python3.11 of the (identical) base image.
+# The venv's python links to the base image's python3, identical in both stages.
 COPY --from=builder /opt/venv /opt/venv
 
 # pip compiled the bytecode at install time; the root filesystem is read-only at run time.

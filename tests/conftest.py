@@ -30,6 +30,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
         elif "e2e" in parts:
             item.add_marker(pytest.mark.e2e)
+        elif "node" in parts:
+            item.add_marker(pytest.mark.node)
 
 
 @pytest.fixture(scope="session")

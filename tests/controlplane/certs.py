@@ -68,8 +68,9 @@ def _issue(
     return builder.sign(ca_key, hashes.SHA256())
 
 
-def write_pki(directory: Path) -> dict[str, Path]:
-    """Writes every file the control plane needs into ``directory`` and returns their paths."""
+def write_pki(directory: Path, extra_ips: list[str] | None = None) -> dict[str, Path]:
+    """Writes every file the control plane needs into ``directory`` and returns their paths.
+    ``extra_ips``: more addresses of the API server's serving certificate (a node tier's node address)."""
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = _issue(_name("local-controlplane-ca"), ca_key, None, ca_key, is_ca=True)
@@ -82,6 +83,7 @@ def write_pki(directory: Path) -> dict[str, Path]:
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
         x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
     ]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in extra_ips or () if ip != "127.0.0.1"]
     serving_cert = _issue(_name("kube-apiserver"), serving_key, ca_cert, ca_key, server_sans=sans)
 
     admin_key = ec.generate_private_key(ec.SECP256R1())

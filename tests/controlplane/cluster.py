@@ -1,6 +1,10 @@
 """A real local Kubernetes control plane: etcd + kube-apiserver + kube-controller-manager on loopback.
 
-No kubelet and no scheduler: tests create Pods and set their status themselves. Every process runs in
+By default no kubelet and no scheduler: tests create Pods and set their status themselves. The node tier
+(tests/node) starts one with ``netns`` (every component runs inside that network namespace; loopback
+forwarders let this machine's clients reach etcd and the API server on the same ports) and
+``workloads`` (ServiceAccount admission, the root-CA publisher and the workload controllers a kubelet's
+Pods need). Every process runs in
 its own session so ``up`` can return while they keep running; ``state.json`` in the directory records
 their pids so ``down`` (or the next ``up`` after a killed run) can stop them.
 """
@@ -16,6 +20,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -28,10 +33,17 @@ from .certs import write_pki
 __all__ = ["ControlPlane", "ensure_binaries"]
 
 _HERE = Path(__file__).resolve().parent
+_ROOT = _HERE.parent.parent
 DEFAULT_CACHE = Path(os.environ.get("MSC_CACHE_DIR", Path.home() / ".cache" / "module-service-controller"))
 SERVICE_CIDR = "10.0.0.0/16"
 # Stop order: dependants first, so nothing logs storms of connection errors while we stop.
-_ORDER = ("etcd", "kube-apiserver", "kube-controller-manager")
+_ORDER = ("forward", "etcd", "kube-apiserver", "kube-controller-manager")
+# What the node tier adds to kube-controller-manager: Deployments, the PDB's disruption budget, the
+# kube-root-ca.crt ConfigMap in every namespace (projected into Pods' token volumes), Pod GC.
+_WORKLOAD_CONTROLLERS = (
+    "deployment-controller,replicaset-controller,disruption-controller,"
+    "root-ca-certificate-publisher-controller,pod-garbage-collector-controller"
+)
 
 
 def ensure_binaries(cache: Path = DEFAULT_CACHE) -> Path:
@@ -110,6 +122,9 @@ class ControlPlane:
     bin_dir: Path | None = None
     ports: dict[str, int] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
+    netns: str | None = None  # name of a network namespace (ip netns) to run every component in
+    advertise_address: str = "127.0.0.1"  # with netns: the node's address, which Pods reach
+    workloads: bool = False  # ServiceAccount admission + the controllers Pods on a kubelet need
 
     # ---------------------------------------------------------------- paths
     @property
@@ -145,7 +160,10 @@ class ControlPlane:
     def load(cls, directory: Path) -> ControlPlane:
         directory = directory.resolve()
         state = json.loads((directory / "state.json").read_text())
-        return cls(directory, Path(state["bin_dir"]), state["ports"], state["pids"])
+        return cls(
+            directory, Path(state["bin_dir"]), state["ports"], state["pids"], state.get("netns"),
+            state.get("advertise_address", "127.0.0.1"), state.get("workloads", False),
+        )
 
     def up(self, timeout: float = 180.0) -> None:
         """Starts everything, waits until it serves, writes the kubeconfig. Cleans up a leftover state
@@ -165,12 +183,14 @@ class ControlPlane:
         (self.directory / "logs").mkdir()
         if self.bin_dir is None:
             self.bin_dir = ensure_binaries()
-        write_pki(self.directory / "pki")
+        write_pki(self.directory / "pki", extra_ips=[self.advertise_address])
         self.ports = {
             "etcd": _free_port(), "etcd_peer": _free_port(), "apiserver": _free_port(),
         }
         self._write_kubeconfig()
         try:
+            if self.netns:
+                self.start("forward")
             self.start("etcd")
             self._wait_http(f"{self.etcd_url}/health", timeout)
             self.start("kube-apiserver")
@@ -182,7 +202,7 @@ class ControlPlane:
             raise
 
     def down(self, *, remove: bool = False) -> None:
-        for name in reversed(_ORDER):
+        for name in [*reversed(_ORDER), *self.pids]:
             pid = self.pids.pop(name, None)
             if pid:
                 _kill(pid, self.directory)
@@ -193,17 +213,30 @@ class ControlPlane:
     def start(self, name: str) -> None:
         """Starts one component (also used by fault tests to restart the API server)."""
         assert self.bin_dir is not None
-        args = {"etcd": self._etcd_args, "kube-apiserver": self._apiserver_args,
-                "kube-controller-manager": self._kcm_args}[name]()
+        if name == "forward":
+            assert self.netns
+            ports = (self.ports["etcd"], self.ports["apiserver"])
+            command = [sys.executable, "-m", "tests.controlplane.forward", f"/var/run/netns/{self.netns}",
+                       str(self.directory), *(f"127.0.0.1:{p}=127.0.0.1:{p}" for p in ports)]
+        else:
+            args = {"etcd": self._etcd_args, "kube-apiserver": self._apiserver_args,
+                    "kube-controller-manager": self._kcm_args}[name]()
+            command = [*self.netns_prefix(), str(self.bin_dir / name), *args]
         log = (self.directory / "logs" / f"{name}.log").open("ab")
         proc = subprocess.Popen(
-            [str(self.bin_dir / name), *args], stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.directory,
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, cwd=self.directory,
+            env={**os.environ, "PYTHONPATH": str(_ROOT)} if name == "forward" else None,
         )
         log.close()
         _CHILDREN[proc.pid] = proc
         self.pids[name] = proc.pid
         self._save()
+
+    def netns_prefix(self) -> list[str]:
+        """Runs a command in the control plane's network namespace (only that: nsenter keeps the mount
+        namespace, whereas ``ip netns exec`` remounts /sys and would hide the cgroup hierarchies)."""
+        return ["nsenter", f"--net=/var/run/netns/{self.netns}"] if self.netns else []
 
     def stop(self, name: str, *, sig: int = signal.SIGTERM) -> None:
         pid = self.pids.pop(name, None)
@@ -286,7 +319,8 @@ class ControlPlane:
         if not self.directory.exists():
             return
         self._state_file().write_text(json.dumps(
-            {"bin_dir": str(self.bin_dir), "ports": self.ports, "pids": self.pids}, indent=2
+            {"bin_dir": str(self.bin_dir), "ports": self.ports, "pids": self.pids, "netns": self.netns,
+             "advertise_address": self.advertise_address, "workloads": self.workloads}, indent=2
         ))
 
     def _write_kubeconfig(self) -> None:
@@ -317,9 +351,24 @@ class ControlPlane:
 
     def _apiserver_args(self) -> list[str]:
         pki = self.directory / "pki"
+        if self.workloads:
+            # Pods get their token volume from the ServiceAccount admission plugin; the API server
+            # listens on every address of its own network namespace so that Pods reach it through
+            # the kubernetes Service, and reaches the kubelet (logs, exec) with the admin identity.
+            admission = ["--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
+                         f"--kubelet-client-certificate={pki / 'admin.crt'}",
+                         f"--kubelet-client-key={pki / 'admin.key'}"]
+            bind = "0.0.0.0"
+        else:
+            # Pods are created by tests in fresh namespaces; the ServiceAccount admission plugin would
+            # race the serviceaccount controller. OwnerReferencesPermissionEnforcement is on so the
+            # RBAC for blockOwnerDeletion (moduledeployments/finalizers) is really exercised.
+            admission = ["--disable-admission-plugins=ServiceAccount",
+                         "--enable-admission-plugins=OwnerReferencesPermissionEnforcement"]
+            bind = "127.0.0.1"
         return [
             f"--etcd-servers={self.etcd_url}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--bind-address={bind}", f"--advertise-address={self.advertise_address}",
             f"--secure-port={self.ports['apiserver']}",
             f"--cert-dir={pki}",
             f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
@@ -330,11 +379,7 @@ class ControlPlane:
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             "--api-audiences=https://kubernetes.default.svc.cluster.local",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
-            # Pods are created by tests in fresh namespaces; the ServiceAccount admission plugin would
-            # race the serviceaccount controller. OwnerReferencesPermissionEnforcement is on so the
-            # RBAC for blockOwnerDeletion (moduledeployments/finalizers) is really exercised.
-            "--disable-admission-plugins=ServiceAccount",
-            "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
+            *admission,
             "--allow-privileged=true", "--profiling=false", "--event-ttl=30m",
             "--v=0",
         ]
@@ -344,7 +389,7 @@ class ControlPlane:
         return [
             f"--kubeconfig={self.kubeconfig}",
             "--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,"
-            "endpointslice-controller",
+            "endpointslice-controller" + (f",{_WORKLOAD_CONTROLLERS}" if self.workloads else ""),
             "--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=0",
             "--use-service-account-credentials=false",
             f"--service-account-private-key-file={pki / 'sa.key'}",
