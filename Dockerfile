@@ -3,7 +3,7 @@
 #   docker build -t module-service-controller:0.1.0 .
 #   scripts/build-image.sh   (buildah, on a local Debian stand-in base: no registry needed)
 # Two stages on the same base: the builder installs the package and its pinned runtime dependencies
-# (all available as wheels) into /opt/venv; the final stage copies only that venv.
+# (all available as wheels) into /opt/venv, then drops pip from it; the final stage copies only that venv.
 #
 # BASE_IMAGE: any Debian-based image with python3 (>= 3.11) and its venv module. The default is the
 # pinned official slim image; scripts/build-image.sh passes a local mmdebstrap bookworm root instead.
@@ -27,7 +27,8 @@ COPY controller/ ./controller/
 RUN --mount=type=secret,id=pip-ca,required=false \
     if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
  && pip install --no-cache-dir . \
- && module-service-controller --help >/dev/null
+ && module-service-controller --help >/dev/null \
+ && pip uninstall --yes --quiet pip setuptools
 
 
 FROM ${BASE_IMAGE}

@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup controlplane helm peers demo test lint unit integration e2e bench bench-smoke clean
+.PHONY: setup controlplane helm peers node image demo test lint unit integration e2e bench bench-smoke clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,16 @@ helm: setup
 peers:
 	bash bench/peers/build.sh $(HOME)/.cache/module-service-controller/peers
 
+# The node tier (tests/node): Debian's containerd, runc, CNI plugins, buildah, mmdebstrap; kubelet,
+# kube-scheduler and kube-proxy from the control plane's pinned module; the controller image built with
+# buildah on a local Debian base. All cached in ~/.cache/module-service-controller.
+node: controlplane
+	$(PY) -m tests.node build
+
+# The controller image as a docker-archive (module-service-controller:<version>); prints its path.
+image:
+	bash scripts/build-image.sh
+
 # Everything from a fresh clone: venv, control plane, CRD, the controller, the seed's sample -> its Service.
 demo: controlplane
 	bash scripts/demo.sh
@@ -44,7 +54,7 @@ unit: setup
 
 # The test command: lint, type-check, then every tier against a real local control plane. The Prometheus
 # tests skip where the server is missing, except here: make test installs it, so a skip would hide a failure.
-test: controlplane helm peers
+test: controlplane helm peers node
 	bash .ci/install-prometheus.sh
 	$(MAKE) --no-print-directory lint
 	MSC_REQUIRE_PROMETHEUS=1 $(VENV)/bin/pytest tests -q

@@ -17,6 +17,9 @@ tag=$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/pyproject.toml")
 cache=${MSC_CACHE_DIR:-$HOME/.cache/module-service-controller}
 suite=bookworm
 packages=python3,python3-venv,ca-certificates
+# Nothing a process reads at run time: translations, manuals, docs (the copyright files stay).
+dpkgopts=(path-exclude=/usr/share/locale/* path-exclude=/usr/share/man/* path-exclude=/usr/share/info/*
+          path-exclude=/usr/share/doc/* path-include=/usr/share/doc/*/copyright)
 
 need() { command -v "$1" >/dev/null || missing+=("$2"); }
 missing=()
@@ -33,13 +36,14 @@ trap 'buildah --root "$work/root" --runroot "$work/run" rm --all >/dev/null 2>&1
 bh() { STORAGE_DRIVER=vfs buildah --root "$work/root" --runroot "$work/run" --storage-driver vfs "$@"; }
 
 # --- base image (local stand-in) ---
-base_key="${suite}_$(printf '%s' "$packages $(mmdebstrap --version)" | sha256sum | cut -c1-12)"
+base_key="${suite}_$(printf '%s' "$packages ${dpkgopts[*]} $(mmdebstrap --version)" | sha256sum | cut -c1-12)"
 base_dir="$cache/base-image/$base_key"
 base_ref="localhost/msc-base:$base_key"
 if [ -z "${BASE_IMAGE:-}" ] && [ ! -f "$base_dir/.complete" ]; then
   rm -rf "$base_dir"
   mkdir -p "$base_dir"
-  mmdebstrap --quiet --variant=minbase --include="$packages" "$suite" "$base_dir/rootfs.tar"
+  mmdebstrap --quiet --variant=minbase --include="$packages" "${dpkgopts[@]/#/--dpkgopt=}" \
+    "$suite" "$base_dir/rootfs.tar"
   c=$(bh from scratch)
   bh add --quiet "$c" "$base_dir/rootfs.tar" /
   bh config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --cmd '["/bin/bash"]' "$c"

@@ -3,9 +3,9 @@ CNI, all inside a network namespace the tests create, next to a dedicated contro
 namespace (``ControlPlane(netns=..., workloads=True)``).
 
 Why a network namespace of our own: Pod and Service addresses (10.x) must never appear on this machine's
-own network. Inside the namespace the node has a dummy interface with ``NODE_IP`` (a default route on it
-makes Service ClusterIPs routable for kube-proxy's DNAT), the bridge ``cni0`` for the Pods, and its own
-loopback. This machine reaches the API server and Services only through loopback forwarders
+own network. Inside the namespace the node has an interface (one end of a veth pair) with ``NODE_IP``
+(a default route on it makes Service ClusterIPs routable for kube-proxy's DNAT), the bridge ``cni0`` for
+the Pods, and its own loopback. This machine reaches the API server and Services only through loopback forwarders
 (tests/controlplane/forward.py).
 
 Facts of this sandbox the configuration relies on (see issue 12): cgroup v1 with the cgroupfs driver
@@ -37,7 +37,7 @@ __all__ = ["NODE_IP", "NODE_NAME", "Node", "create_netns", "delete_netns", "ensu
 
 _HERE = Path(__file__).resolve().parent
 NODE_NAME = "msc-node"
-NODE_IP = "10.99.0.1"  # on a dummy interface inside the node's network namespace only
+NODE_IP = "10.99.0.1"  # on an interface inside the node's network namespace only
 POD_SUBNET = "10.244.0.0/24"
 CLUSTER_CIDR = "10.244.0.0/16"
 PAUSE_IMAGE = "localhost/msc-pause:catatonit"
@@ -73,15 +73,18 @@ def _ip(*args: str) -> None:
 
 
 def create_netns(name: str) -> None:
-    """A network namespace with loopback, a dummy interface carrying NODE_IP and a default route on it,
+    """A network namespace with loopback, an interface carrying NODE_IP and a default route on it,
     and forwarding on (Pods on the bridge reach the node's address through it)."""
     _ip("netns", "add", name)
     try:
         _ip("-n", name, "link", "set", "lo", "up")
-        _ip("-n", name, "link", "add", "dummy0", "type", "dummy")
-        _ip("-n", name, "addr", "add", f"{NODE_IP}/32", "dev", "dummy0")
-        _ip("-n", name, "link", "set", "dummy0", "up")
-        _ip("-n", name, "route", "add", "default", "dev", "dummy0")
+        # A veth pair with both ends inside (this kernel has no dummy interfaces): an interface with
+        # carrier for the node's address and the default route.
+        _ip("-n", name, "link", "add", "node0", "type", "veth", "peer", "name", "node1")
+        _ip("-n", name, "addr", "add", f"{NODE_IP}/32", "dev", "node0")
+        _ip("-n", name, "link", "set", "node1", "up")
+        _ip("-n", name, "link", "set", "node0", "up")
+        _ip("-n", name, "route", "add", "default", "dev", "node0")
         subprocess.run(["nsenter", f"--net=/var/run/netns/{name}", "sysctl", "-q", "-w",
                         "net.ipv4.ip_forward=1"], check=True)
     except BaseException:
@@ -145,6 +148,8 @@ class Node:
             for name in _ORDER[1:]:
                 self.start(name)
             self._wait(self._node_ready, timeout, f"Node {NODE_NAME} Ready")
+            # Pods reach the API server only through the kubernetes Service: wait for kube-proxy's rule.
+            self._wait(self._kubernetes_service_programmed, timeout, "kube-proxy's rule for the kubernetes Service")
         except BaseException:
             self.down()
             raise
@@ -250,6 +255,11 @@ class Node:
             return False
         conditions = {c["type"]: c["status"] for c in node.get("status", {}).get("conditions", [])}
         return conditions.get("Ready") == "True"
+
+    def _kubernetes_service_programmed(self) -> bool:
+        rules = subprocess.run([*self.cp.netns_prefix(), "iptables", "-w", "-t", "nat", "-S", "KUBE-SERVICES"],
+                               capture_output=True, text=True, check=False).stdout
+        return "10.0.0.1/32" in rules
 
     def _shim_pids(self) -> list[int]:
         """containerd-shim processes started for this node (their command line names our socket)."""
