@@ -39,10 +39,11 @@ SERVICE_CIDR = "10.0.0.0/16"
 # Stop order: dependants first, so nothing logs storms of connection errors while we stop.
 _ORDER = ("forward", "etcd", "kube-apiserver", "kube-controller-manager")
 # What the node tier adds to kube-controller-manager: Deployments, the PDB's disruption budget, the
-# kube-root-ca.crt ConfigMap in every namespace (projected into Pods' token volumes), Pod GC.
+# kube-root-ca.crt ConfigMap in every namespace (projected into Pods' token volumes), Pod GC, and the
+# node lifecycle (it lifts the not-ready taint a kubelet registers with).
 _WORKLOAD_CONTROLLERS = (
     "deployment-controller,replicaset-controller,disruption-controller,"
-    "root-ca-certificate-publisher-controller,pod-garbage-collector-controller"
+    "root-ca-certificate-publisher-controller,pod-garbage-collector-controller,node-lifecycle-controller"
 )
 
 
@@ -357,7 +358,8 @@ class ControlPlane:
             # the kubernetes Service, and reaches the kubelet (logs, exec) with the admin identity.
             admission = ["--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
                          f"--kubelet-client-certificate={pki / 'admin.crt'}",
-                         f"--kubelet-client-key={pki / 'admin.key'}"]
+                         f"--kubelet-client-key={pki / 'admin.key'}",
+                         "--kubelet-preferred-address-types=InternalIP"]
             bind = "0.0.0.0"
         else:
             # Pods are created by tests in fresh namespaces; the ServiceAccount admission plugin would

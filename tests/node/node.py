@@ -21,6 +21,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tarfile
 import time
@@ -177,6 +178,7 @@ class Node:
             _kill(pid, self.directory)
         for pid in self._shim_pids():
             _kill(pid, self.directory, timeout=5)
+        self._kill_cgroup_processes()
         self._unmount_all()
         for path in pod_netns:
             subprocess.run(["umount", path], check=False, capture_output=True)
@@ -288,6 +290,22 @@ class Node:
         base = Path("/sys/fs/cgroup")
         return [d / self.cgroup_root.lstrip("/") for d in base.iterdir()
                 if d.is_dir() and not d.is_symlink() and (d / "cgroup.procs").exists()]
+
+    def _kill_cgroup_processes(self, timeout: float = 15.0) -> None:
+        """Whatever still runs in our cgroup root (a container whose shim died first, a ``runc init``
+        caught mid-start) is ours alone: SIGKILL it until the cgroups are empty."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pids = set()
+            for top in self._cgroup_dirs():
+                with contextlib.suppress(OSError):
+                    pids |= {int(p) for procs in top.rglob("cgroup.procs") for p in procs.read_text().split()}
+            if not pids:
+                return
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.2)
 
     def _make_cgroup_root(self) -> None:
         for path in self._cgroup_dirs():

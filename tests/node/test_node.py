@@ -34,6 +34,7 @@ from tests.node.images import VERSION, image_ref
 from tests.node.node import NODE_NAME
 
 T = TypeVar("T")
+pytestmark = pytest.mark.timeout(900)  # one install shared by the module; a node is slow to start
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
 PROMETHEUS_CRDS = ROOT / "tests" / "e2e" / "data" / "prometheus-operator-crds.yaml"
@@ -103,6 +104,11 @@ def wait_ready_pods(cp: ControlPlane, *, image: str, timeout: float = 300) -> li
         return pods if len(good) == 3 == len(pods) else None
 
     return wait_until(probe, timeout=timeout, what=f"3 Ready Pods of {image}")
+
+
+def spec_image(tag: str) -> str:
+    """The image as the Deployment names it (containerd holds it as ``image_ref(tag)``)."""
+    return f"{APP}:{tag}"
 
 
 def leader(cp: ControlPlane) -> str:
@@ -192,7 +198,7 @@ def installed(node_cluster: NodeCluster, tmp_path_factory: pytest.TempPathFactor
                    "crd/prometheusrules.monitoring.coreos.com")
     started = time.monotonic()
     cp.kubectl("apply", "-k", str(overlay), "--server-side")
-    wait_ready_pods(cp, image=image_ref(VERSION))
+    wait_ready_pods(cp, image=spec_image(VERSION))
     node_cluster.timings["install to 3 Ready Pods"] = round(time.monotonic() - started, 1)
 
     scrapers = create_namespace(cp, "scrapers")
@@ -211,7 +217,7 @@ def installed(node_cluster: NodeCluster, tmp_path_factory: pytest.TempPathFactor
 
 def test_three_pods_ready_through_probes_with_one_leader(installed: Install) -> None:
     cp, node = installed.cp, installed.cluster.node
-    pods = wait_ready_pods(cp, image=image_ref(VERSION))
+    pods = wait_ready_pods(cp, image=spec_image(VERSION))
     names = sorted(p["metadata"]["name"] for p in pods)
     for pod in pods:
         assert pod["spec"]["nodeName"] == NODE_NAME
@@ -283,7 +289,7 @@ def test_eviction_that_would_break_the_pdb_is_refused(installed: Install) -> Non
     wait_until(lambda: (get(cp, pdb_path) or {}).get("status", {}).get("disruptionsAllowed") == 1,
                timeout=120, what="the PDB allowing one disruption")
     holder = pod_of(leader(cp))
-    first, second = sorted(p["metadata"]["name"] for p in wait_ready_pods(cp, image=image_ref(VERSION))
+    first, second = sorted(p["metadata"]["name"] for p in wait_ready_pods(cp, image=spec_image(VERSION))
                            if p["metadata"]["name"] != holder)
 
     def evict(pod: str) -> tuple[int, Any]:
@@ -295,12 +301,12 @@ def test_eviction_that_would_break_the_pdb_is_refused(installed: Install) -> Non
     assert code == 429, body
     assert "disruption budget" in body.get("message", ""), body
     assert get(cp, f"/api/v1/namespaces/{SYSTEM_NS}/pods/{second}")["metadata"].get("deletionTimestamp") is None
-    wait_ready_pods(cp, image=image_ref(VERSION))
+    wait_ready_pods(cp, image=spec_image(VERSION))
 
 
 def test_deleting_the_leader_pod_hands_over(installed: Install) -> None:
     cp = installed.cp
-    wait_ready_pods(cp, image=image_ref(VERSION))
+    wait_ready_pods(cp, image=spec_image(VERSION))
     old = wait_until(lambda: leader(cp), timeout=60, what="a Lease holder")
     ns = create_namespace(cp, "handover")
     started = time.monotonic()
@@ -321,12 +327,12 @@ def test_deleting_the_leader_pod_hands_over(installed: Install) -> None:
     installed.cluster.timings["leader Pod deleted -> new MD's Service"] = round(handover, 2)
     print(f"\nhandover: Lease released {released:.2f}s, new MD's Service {handover:.2f}s after deleting {pod_of(old)}")
     assert handover < 60
-    wait_ready_pods(cp, image=image_ref(VERSION))
+    wait_ready_pods(cp, image=spec_image(VERSION))
 
 
 def test_rollout_of_a_new_tag_keeps_a_leader_and_loses_no_event(installed: Install) -> None:
     cp, node = installed.cp, installed.cluster.node
-    old_pods = {p["metadata"]["name"] for p in wait_ready_pods(cp, image=image_ref(VERSION))}
+    old_pods = {p["metadata"]["name"] for p in wait_ready_pods(cp, image=spec_image(VERSION))}
     new_tag = f"{VERSION}-rollout"
     node.tag_image(image_ref(VERSION), image_ref(new_tag))
     ns = create_namespace(cp, "rollout")
@@ -342,7 +348,7 @@ def test_rollout_of_a_new_tag_keeps_a_leader_and_loses_no_event(installed: Insta
 
     def rolled_out() -> bool:
         pods = controller_pods(cp)
-        return (len(pods) == 3 and all(ready(p) and p["spec"]["containers"][0]["image"] == image_ref(new_tag)
+        return (len(pods) == 3 and all(ready(p) and p["spec"]["containers"][0]["image"] == spec_image(new_tag)
                                        for p in pods))
 
     while not rolled_out():
