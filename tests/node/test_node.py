@@ -237,7 +237,9 @@ def test_three_pods_ready_through_probes_with_one_leader(installed: Install) -> 
         env = dict(e.split("=", 1) for e in (proc / "environ").read_bytes().decode().split("\0") if "=" in e)
         assert (env["KUBERNETES_SERVICE_HOST"], env["KUBERNETES_SERVICE_PORT"]) == ("10.0.0.1", "443")
         assert "KUBECONFIG" not in env
-        sa_dir = proc / "root" / "var" / "run" / "secrets" / "kubernetes.io" / "serviceaccount"
+        # /var/run/secrets/...: /var/run is an absolute symlink to /run in the image, which the host would
+        # resolve against its own root, so go through /run.
+        sa_dir = proc / "root" / "run" / "secrets" / "kubernetes.io" / "serviceaccount"
         assert (sa_dir / "ca.crt").read_text() == (cp.directory / "pki" / "ca.crt").read_text()
         assert (sa_dir / "token").read_text().count(".") == 2  # a JWT
         assert (sa_dir / "namespace").read_text() == SYSTEM_NS
