@@ -55,7 +55,12 @@ fi
 
 # --- the image ---
 base=${BASE_IMAGE:-$base_ref}
-src_hash=$(cd "$root" && { cat Dockerfile .dockerignore pyproject.toml README.md; find controller -type f -name '*.py' -o -name py.typed | LC_ALL=C sort | xargs cat; echo "$base"; } | sha256sum | cut -c1-16)
+# Keyed by what the build reads: the Dockerfile, the copied files (names and contents) and the base.
+src_hash=$(cd "$root" && {
+  cat Dockerfile .dockerignore pyproject.toml README.md
+  find controller -type f ! -path '*/__pycache__/*' ! -name '*.pyc' | LC_ALL=C sort | tee /dev/stderr | xargs cat
+  echo "$base"
+} 2>&1 | sha256sum | cut -c1-16)
 img_dir="$cache/image/$src_hash"
 if [ ! -f "$img_dir/.complete" ]; then
   rm -rf "$img_dir"

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from controller.desired import FIELD_MANAGER
+from controller.moduleservice.desired import FIELD_MANAGER
 from tests.controlplane import ControlPlane
 from tests.controlplane.forward import forwarding
 from tests.harness import SEED_MD, module_deployment
@@ -190,7 +190,12 @@ class Install:
 def installed(node_cluster: NodeCluster, tmp_path_factory: pytest.TempPathFactory) -> Install:
     cp = node_cluster.cp
     overlay = write_overlay(tmp_path_factory.mktemp("overlay"), VERSION)
-    if "monitoring.coreos.com" in cp.kubectl("kustomize", str(overlay)):
+    rendered = cp.kubectl("kustomize", str(overlay))
+    if "kind: CustomResourceDefinition" not in rendered:
+        # The README's order: the CRD on its own first (manifests/ never carries it).
+        cp.kubectl("apply", "-k", str(MANIFESTS / "crd"), "--server-side")
+        cp.kubectl("wait", "--for=condition=Established", "crd/moduledeployments.koupleless.alipay.com")
+    if "monitoring.coreos.com" in rendered:
         # The install carries Prometheus Operator objects: give them the stand-in CRDs, as a cluster
         # with the operator would have them.
         cp.kubectl("apply", "--server-side", "-f", str(PROMETHEUS_CRDS))
