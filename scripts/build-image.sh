@@ -75,5 +75,7 @@ if [ ! -f "$img_dir/.complete" ]; then
   bh push --quiet "localhost/module-service-controller:build" \
     "docker-archive:$img_dir/image.tar:docker.io/library/module-service-controller:$tag"
   touch "$img_dir/.complete"
+  # Archives of older sources (each a few hundred MB); an hour's grace for a concurrent user of one.
+  find "$cache/image" -mindepth 1 -maxdepth 1 -type d ! -name "$src_hash" -mmin +60 -exec rm -rf {} +
 fi
 echo "$img_dir/image.tar"
