@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.controlplane.cluster import DEFAULT_CACHE, ControlPlane, _kill
+from tests.controlplane.cluster import _CHILDREN, DEFAULT_CACHE, ControlPlane, _kill
 
 __all__ = ["NODE_IP", "NODE_NAME", "Node", "create_netns", "delete_netns", "ensure_node_binaries",
            "ensure_packages"]
@@ -193,9 +193,7 @@ class Node:
         proc = subprocess.Popen([*self.cp.netns_prefix(), *args], stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.directory)
         log.close()
-        from tests.controlplane.cluster import _CHILDREN  # noqa: PLC0415 (shared reaping table)
-
-        _CHILDREN[proc.pid] = proc
+        _CHILDREN[proc.pid] = proc  # reaped with a recorded exit status when stopped
         self.pids[name] = proc.pid
 
     def import_image(self, archive: Path) -> None:
