@@ -6,10 +6,12 @@ import re
 from dataclasses import dataclass
 
 from .runtime.errors import ConfigError
+from .runtime.http import parse_bind
 
 __all__ = ["Config", "ConfigError"]
 
 _LABEL_PREFIX = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?$")
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")  # a DNS-1123 label
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "console")
 
@@ -44,6 +46,18 @@ class Config:
     request_timeout: float = 30.0
 
     def __post_init__(self) -> None:
+        for ns in self.namespaces:
+            # "" would silently widen the scope to the whole cluster (issue 10, defect 1).
+            if len(ns) > 63 or not _NAMESPACE.match(ns):
+                raise ConfigError(f"--namespace {ns!r} is not a namespace name (a DNS-1123 label)")
+        if len(set(self.namespaces)) != len(self.namespaces):
+            raise ConfigError(f"--namespace: a namespace is given twice in {list(self.namespaces)}")
+        for flag, bind in (("--metrics-bind-address", self.metrics_bind_address),
+                           ("--health-probe-bind-address", self.health_probe_bind_address)):
+            try:
+                parse_bind(bind)
+            except ValueError as exc:
+                raise ConfigError(f"{flag}: {exc}") from None
         if self.workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
         if not self.module_label_prefix or not _LABEL_PREFIX.match(self.module_label_prefix) \

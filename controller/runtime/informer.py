@@ -189,7 +189,8 @@ class Informer:
         self.client = client
         self.resource = resource
         self.store = store
-        self.namespace = namespace
+        # "" lists the whole cluster (Resource.path), so it must also mean "all" to the scope check below.
+        self.namespace = namespace or None
         self.handlers = list(handlers)
         self.transform = transform
         self.metrics: InformerMetrics = metrics or _NoMetrics()

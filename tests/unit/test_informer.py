@@ -919,3 +919,30 @@ class TestGarbledResponses:
             with anyio.fail_after(DEADLINE), pytest.raises(TransportError, match="not a list"):
                 await informer._list("initial")
         assert store.keys() == [f"{NS}/a"]
+
+
+class TestScope:
+    """Issue 10, defect 1: the scope check that prunes vanished objects on a relist must agree with the
+    path the informer lists, for every namespace value, or a relist after a 410 never deletes anything."""
+
+    pytestmark = pytest.mark.asyncio
+
+    @pytest.mark.parametrize("namespace", ["", None])
+    async def test_cluster_wide_relist_prunes_vanished_objects(self, namespace: str | None) -> None:
+        fake = FakeApiServer([pod("a", 10), pod("b", 11)], rv=100)
+        fake.app.router.add_get(PODS.path(), fake._handle)  # the cluster-wide path serves the same table
+        fake.script(fake.http_error(410, "Expired", before=lambda: fake.set_objects([pod("a", 10)], rv=140)))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf = Informer(client, PODS, store=Store(), namespace=namespace, handlers=[rec], page_size=2)
+                inf._backoff = CountingBackoff(initial=0.01, cap=0.05)
+                await tg.start(inf.run)
+                first = await fake.next_list()
+                assert first.path == PODS.path()
+                await fake.next_watch()
+                await fake.next_list()
+                await fake.next_watch()
+                assert rec.calls == [("add", f"{NS}/a", "10"), ("add", f"{NS}/b", "11"), ("delete", f"{NS}/b", "11")]
+                assert sorted(inf.store.keys()) == [f"{NS}/a"]
+                tg.cancel_scope.cancel()
