@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from .config import Config, ConfigError
-from .runtime.kube.credentials import check_credentials
 from .run import run
+from .runtime.kube.credentials import check_credentials
 
 __all__ = ["main", "parse_args"]
 

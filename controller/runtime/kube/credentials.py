@@ -8,7 +8,6 @@ TypeError; this check names the file and what is wrong with it, in one line. It 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
