@@ -122,7 +122,8 @@ class Manager:
                     identity=self.identity, lease_duration=config.lease_duration,
                     renew_deadline=config.renew_deadline, retry_period=config.retry_period,
                 ),
-                KubeLeaseApi(client, timeout=max(config.renew_deadline / 2, 1.0)),
+                # A lane of its own: the renewal must never wait behind writes, LISTs or Events.
+                KubeLeaseApi(client.dedicated(max_connections=2), timeout=max(config.renew_deadline / 2, 1.0)),
                 on_change=lambda leading: self.metrics.set_leader(config.leader_elect_name, leading),
             )
             self.metrics.init_leader(config.leader_elect_name)
