@@ -148,7 +148,7 @@ class Manager:
         self.readyz = HealthChecks()
         self.healthz.add("ping", lambda: None)
         for inf in self.informers:
-            self.healthz.add(f"watch-{inf.resource.plural}-{inf.namespace or 'all'}", self._watch_check(inf))
+            self.healthz.add(f"informer-{inf.resource.plural}-{inf.namespace or 'all'}", _wedged_check(inf))
             self.readyz.add(f"synced-{inf.resource.plural}-{inf.namespace or 'all'}", _synced_check(inf))
         if self.elector is not None:
             elector = self.elector
@@ -171,18 +171,6 @@ class Manager:
                      idle_timeout=self.config.watch_idle_timeout)
             for ns in scopes
         ]
-
-    def _watch_check(self, inf: Informer) -> Callable[[], str | None]:
-        # A live watch shows a sign of life (an event, a bookmark ~every 60 s, or a relist) at least every
-        # idle_timeout; twice that plus slack means the loop is wedged or every re-watch stays silent.
-        limit = 2 * inf.idle_timeout + 5
-
-        def check() -> str | None:
-            stalled = inf.stalled_for()
-            if stalled > limit:
-                return f"no progress for {stalled:.0f}s (last error: {inf.last_error})"
-            return None
-        return check
 
     # ------------------------------------------------------------------ run
     async def run(self) -> None:
@@ -359,6 +347,20 @@ class Manager:
             log.warning("reconciled", **fields)
         else:
             log.info("reconciled", **fields)
+
+
+def _wedged_check(inf: Informer) -> Callable[[], str | None]:
+    # Liveness follows controller-runtime: the process is not wedged. An API outage or a silent watch must
+    # not fail it (a restart cannot help, and a restarted process that finds the API down exits 1); the
+    # informer relists after two silent watches and backs off on errors, and each attempt is a turn.
+    limit = 2 * inf.step_limit
+
+    def check() -> str | None:
+        wedged = inf.wedged_for()
+        if wedged > limit:
+            return f"informer loop has not turned for {wedged:.0f}s (last error: {inf.last_error})"
+        return None
+    return check
 
 
 def _synced_check(inf: Informer) -> Callable[[], str | None]:

@@ -5,11 +5,21 @@ Semantics follow client-go's Reflector (tools/cache/reflector.go):
   a clean end re-watches at once from the last resourceVersion (no relist).
 - Our own inactivity watchdog: no line (event or bookmark) for ``idle_timeout`` (~70 s; bookmarks come
   about every minute) drops the stream, which then resumes from the last resourceVersion. This is the
-  silent half-open connection every Python controller has been bitten by.
-- 410 Gone (on the watch or in an ERROR event) relists; objects that vanished meanwhile are delivered
-  to handlers as deletes (client-go's DeletedFinalStateUnknown case).
+  silent half-open connection every Python controller has been bitten by. Two silent watches in a row
+  relist (a resource served without a watch cache sends no bookmarks; a stuck proxy passes nothing):
+  a relist that succeeds is progress, one that fails backs off like any other error.
+- 410 Gone (on the watch or in an ERROR event) relists after the backoff (client-go's reflector waits
+  between ListAndWatch rounds too, so many informers whose RVs expire together do not stampede); objects
+  that vanished meanwhile are delivered to handlers as deletes (client-go's DeletedFinalStateUnknown).
+- LIST resourceVersion semantics follow client-go's ``relistResourceVersion``: the first list asks for
+  ``resourceVersion=0`` (any cached state; the watch cache serves it without touching etcd), a relist
+  asks for state not older than the last one seen (``resourceVersionMatch=NotOlderThan``, also served
+  from the cache), and only a relist after 410 (our RV is gone) asks for the latest, consistent state.
 - Failures back off 0.8 s -> 30 s (factor 2, jitter 1.0), reset after 2 minutes without failure.
 - ``has_synced`` turns true after the first full list; ``run`` reports ``started`` at that moment.
+- ``wedged_for()`` measures the loop itself (an attempt, a page or an event), never the API server: it
+  feeds liveness, which must not restart the process during an API outage (controller-runtime's choice:
+  liveness = not wedged, readiness = synced).
 Handlers are called synchronously on the event loop and must only map objects to keys and enqueue.
 Store objects are shared and read-only by contract.
 """
@@ -49,6 +59,8 @@ PAGE_SIZE = 500  # client-go's pager default
 IDLE_TIMEOUT = 70.0  # kopf's default: longer than the ~60 s bookmark interval
 MIN_WATCH_TIMEOUT = 300  # client-go: random in [5m, 10m) spreads reconnects of many clients
 VERY_SHORT_WATCH = 1.0  # client-go: a watch that ends within 1 s with no event is an error
+LIST_TIMEOUT = 120.0  # per page
+SILENT_WATCHES_BEFORE_RELIST = 2
 
 
 def object_key(obj: Mapping[str, Any]) -> str:
@@ -205,6 +217,9 @@ class Informer:
         # every idle_timeout, and counting that would keep /healthz green while nothing arrives.
         self.last_activity = anyio.current_time() if _in_loop() else 0.0
         self.last_error: str | None = None
+        # monotonic time the loop last turned: an attempt started, a page or an event arrived, a backoff ended.
+        self.last_turn = self.last_activity
+        self._silent_watches = 0
         self._backoff = Backoff()
         self._log = log.bind(resource=resource.plural, namespace=namespace or "*")
 
@@ -214,7 +229,20 @@ class Informer:
         return anyio.current_time() - self.last_activity
 
     def _alive(self) -> None:
-        self.last_activity = anyio.current_time()
+        self.last_activity = self.last_turn = anyio.current_time()
+
+    def _turn(self) -> None:
+        self.last_turn = anyio.current_time()
+
+    def wedged_for(self) -> float:
+        """Seconds since the loop last turned. Every await in it is bounded (a page by LIST_TIMEOUT, a
+        silent watch by ``idle_timeout``, a backoff by twice its cap), so more than :attr:`step_limit` means
+        the loop is stuck, whatever the API server does."""
+        return anyio.current_time() - self.last_turn
+
+    @property
+    def step_limit(self) -> float:
+        return max(self.idle_timeout, LIST_TIMEOUT) + 2 * self._backoff.cap * (1 + self._backoff.jitter)
 
     # ------------------------------------------------------------------ main loop
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -222,6 +250,7 @@ class Informer:
         need_list = True
         relist_reason = "initial"
         while True:
+            self._turn()
             try:
                 if need_list:
                     await self._list(relist_reason)
@@ -238,14 +267,22 @@ class Informer:
             except Gone as exc:
                 # The RV we hold was compacted away: only a fresh list can restore a consistent view.
                 self.metrics.gone()
-                self._log.info("watch_expired", error=str(exc))
+                delay = self._backoff.next(anyio.current_time())
+                self._log.info("watch_expired", error=str(exc), relist_in_s=round(delay, 2))
                 need_list, relist_reason = True, "gone"
                 self.resource_version = ""
+                await anyio.sleep(delay)
             except WatchStalled as exc:
                 self.metrics.watch_error("stall")
-                self.last_error = str(exc)  # shown by the /healthz watch check while stalls repeat
-                self._log.warning("watch_stalled", error=str(exc))
-                # Resume from the last RV at once: the connection is dead, not the RV.
+                self.last_error = str(exc)
+                self._silent_watches += 1
+                self._log.warning("watch_stalled", error=str(exc), in_a_row=self._silent_watches)
+                if self._silent_watches >= SILENT_WATCHES_BEFORE_RELIST:
+                    # Silence twice: relist (from the cache, not older than our RV) instead of trusting the
+                    # stream; a list that succeeds proves the view is current.
+                    need_list, relist_reason = True, "stall"
+                    self._silent_watches = 0
+                # Otherwise resume from the last RV at once: the connection is dead, not the RV.
             except KubeError as exc:
                 kind = "transport" if isinstance(exc, TransportError) else "api"
                 self.metrics.watch_error(kind)
@@ -262,6 +299,21 @@ class Informer:
                 )
                 await anyio.sleep(delay)
 
+    def _list_params(self) -> dict[str, str | int | bool]:
+        params: dict[str, str | int | bool] = {"limit": self.page_size}
+        if self.label_selector:
+            params["labelSelector"] = self.label_selector
+        if not self.has_synced:
+            # Any cached state will do for the first list: the watch that follows catches up. RV=0 is
+            # served from the watch cache, which ignores ``limit`` (one page).
+            params["resourceVersion"] = "0"
+        elif self.resource_version:
+            params["resourceVersion"] = self.resource_version
+            params["resourceVersionMatch"] = "NotOlderThan"
+        # else: after a 410 our RV is gone; ask for the latest state (served from the cache since 1.31's
+        # consistent reads from cache, else a quorum read).
+        return params
+
     # ------------------------------------------------------------------ list
     async def _list(self, reason: str) -> None:
         if reason != "initial":
@@ -270,21 +322,26 @@ class Informer:
         path = self.resource.path(self.namespace)
         kind = self.resource.kind
         items: list[JsonObj] = []  # already transformed
-        params: dict[str, str | int | bool] = {"limit": self.page_size}
-        if self.label_selector:
-            params["labelSelector"] = self.label_selector
+        params = self._list_params()
         list_rv = ""
         while True:
             try:
-                page = await self.client.request("GET", path, params=params, timeout=120)
+                page = await self.client.request("GET", path, params=params, timeout=LIST_TIMEOUT)
             except Gone:
-                if "continue" not in params:
+                if "continue" not in params and "resourceVersion" not in params:
                     raise
-                # The continue token expired mid-list: fall back to one unpaginated list (client-go
-                # FullListIfExpired).
-                items.clear()
-                params = {k: v for k, v in params.items() if k not in ("continue", "limit")}
+                if "continue" in params:
+                    # The continue token expired mid-list: fall back to one unpaginated list (client-go
+                    # FullListIfExpired).
+                    items.clear()
+                    params = {k: v for k, v in params.items() if k not in ("continue", "limit")}
+                else:
+                    # Our RV is too old for the server to serve "not older than" (client-go's
+                    # isExpiredError): ask for the latest state instead.
+                    params.pop("resourceVersion")
+                    params.pop("resourceVersionMatch", None)
                 continue
+            self._turn()
             page_items = page.get("items")
             if page_items is None and "metadata" not in page:
                 raise TransportError(f"LIST {path}: the response is not a list")
@@ -299,8 +356,12 @@ class Informer:
             if not token:
                 break
             params["continue"] = token
+            # A continued page carries the first page's snapshot; resourceVersion must not be repeated.
+            params.pop("resourceVersion", None)
+            params.pop("resourceVersionMatch", None)
         self._replace(items)
         self.resource_version = list_rv
+        self._silent_watches = 0
         self._alive()
         self._log.info("list_done", objects=len(items), resource_version=list_rv, reason=reason)
 
@@ -348,6 +409,7 @@ class Informer:
         def on_event(event: JsonObj) -> None:
             nonlocal count
             count += 1
+            self._silent_watches = 0
             self._alive()
             self._handle(event)
 

@@ -214,6 +214,17 @@ async def serving(fake: FakeApiServer) -> AsyncIterator[KubeClient]:
 
 
 # ---------------------------------------------------------------------------------------------- informer
+class _NoMetricsForTest:
+    def list(self) -> None: ...
+    def watch_start(self) -> None: ...
+    def relist(self, reason: str) -> None: ...
+    def gone(self) -> None: ...
+    def watch_error(self, kind: str) -> None: ...
+    def event(self, type: str) -> None: ...
+    def objects(self, n: int) -> None: ...
+    def synced(self, b: bool) -> None: ...
+
+
 @dataclass
 class CountingBackoff(Backoff):
     calls: int = field(default=0, init=False)
@@ -280,8 +291,10 @@ class TestInitialList:
             async with serving(fake) as client, anyio.create_task_group() as tg:
                 inf, _ = make_informer(client, rec, page_size=2)
                 await tg.start(inf.run)
+                # The first page from any cached state (RV=0); continued pages repeat no resourceVersion.
                 assert [r.query for r in fake.lists] == [
-                    {"limit": "2"}, {"limit": "2", "continue": "2"}, {"limit": "2", "continue": "4"}]
+                    {"limit": "2", "resourceVersion": "0"}, {"limit": "2", "continue": "2"},
+                    {"limit": "2", "continue": "4"}]
                 assert all(r.path == PATH for r in fake.lists)
                 assert sorted(inf.store.keys()) == [f"{NS}/{n}" for n in "abcde"]
                 assert rec.calls == [("add", f"{NS}/{n}", str(10 + i)) for i, n in enumerate("abcde")]
@@ -296,7 +309,8 @@ class TestInitialList:
             async with serving(fake) as client, anyio.create_task_group() as tg:
                 inf, _ = make_informer(client, rec, page_size=2)
                 await tg.start(inf.run)
-                assert [r.query for r in fake.lists] == [{"limit": "2"}, {"limit": "2", "continue": "2"}, {}]
+                assert [r.query for r in fake.lists] == [
+                    {"limit": "2", "resourceVersion": "0"}, {"limit": "2", "continue": "2"}, {}]
                 assert [c[1] for c in rec.calls] == [f"{NS}/{n}" for n in "abc"]
                 tg.cancel_scope.cancel()
 
@@ -945,4 +959,116 @@ class TestScope:
                 await fake.next_watch()
                 assert rec.calls == [("add", f"{NS}/a", "10"), ("add", f"{NS}/b", "11"), ("delete", f"{NS}/b", "11")]
                 assert sorted(inf.store.keys()) == [f"{NS}/a"]
+                tg.cancel_scope.cancel()
+
+
+class TestRelistPolicy:
+    """Issue 10, risks "liveness" and "relists": silence relists, a 410 backs off, the loop's heartbeat does
+    not depend on the API server, and LISTs use client-go's resourceVersion semantics."""
+
+    pytestmark = pytest.mark.asyncio
+
+    async def test_two_silent_watches_relist_not_older_than_the_last_rv(self) -> None:
+        fake = FakeApiServer([pod("a", 10)], rv=100)
+        fake.script(fake.silent(), fake.silent())
+        rec = Recorder()
+        relists: list[str] = []
+
+        class Metrics(_NoMetricsForTest):
+            def relist(self, reason: str) -> None:
+                relists.append(reason)
+
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, backoff = make_informer(client, rec, idle_timeout=0.3)
+                inf.metrics = Metrics()
+                await tg.start(inf.run)
+                first_list_at = inf.last_activity
+                await fake.next_list()
+                await fake.next_watch()
+                await fake.next_watch()
+                relist = await fake.next_list()
+                assert relist.query == {"limit": "2", "resourceVersion": "100",
+                                        "resourceVersionMatch": "NotOlderThan"}
+                await fake.next_watch()
+                assert relists == ["stall"]
+                assert backoff.calls == 0
+                assert inf.last_activity > first_list_at  # the successful relist is progress
+                tg.cancel_scope.cancel()
+
+    async def test_one_silent_watch_does_not_relist(self) -> None:
+        fake = FakeApiServer([pod("a", 10)], rv=100)
+
+        async def one_event_then_silence(s: WatchStream) -> None:
+            await s.send("ADDED", pod("b", 101))
+            await s.hold()
+
+        fake.script(fake.silent(), fake.stream(one_event_then_silence), fake.silent())
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, _ = make_informer(client, rec, idle_timeout=1.0)
+                await tg.start(inf.run)
+                await fake.next_list()
+                for _ in range(3):  # silent (1), an event resets the count, silent (1): a 3rd watch, no list
+                    await fake.next_watch()
+                assert len(fake.lists) == 1
+                relist = await fake.next_list()  # the 3rd watch is silent too: two in a row
+                assert relist.query["resourceVersionMatch"] == "NotOlderThan"
+                tg.cancel_scope.cancel()
+
+    async def test_410_relists_after_a_backoff(self) -> None:
+        fake = FakeApiServer([pod("a", 10)], rv=100)
+        fake.script(fake.http_error(410, "Expired"), fake.http_error(410, "Expired"))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, backoff = make_informer(client, rec)
+                await tg.start(inf.run)
+                await fake.next_list()
+                await fake.next_watch()
+                relist = await fake.next_list()
+                assert relist.query == {"limit": "2"}  # our RV is gone: the latest state
+                await fake.next_watch()
+                await fake.next_list()
+                assert backoff.calls == 2
+                assert backoff._current == pytest.approx(0.02)  # doubled: consecutive 410s slow down
+                tg.cancel_scope.cancel()
+
+    async def test_relist_with_an_expired_rv_falls_back_to_the_latest_state(self) -> None:
+        fake = FakeApiServer([pod("a", 10)], rv=100)
+        fake.script(fake.http_error(500, "InternalError"))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, _ = make_informer(client, rec)
+                await tg.start(inf.run)
+                await fake.next_list()
+                fake.list_errors.append(410)
+                await fake.next_watch()
+                relist = await fake.next_list()
+                assert relist.query["resourceVersionMatch"] == "NotOlderThan"
+                latest = await fake.next_list()
+                assert latest.query == {"limit": "2"}
+                await fake.next_watch()
+                tg.cancel_scope.cancel()
+
+    async def test_the_loop_turns_while_the_api_server_is_down(self) -> None:
+        fake = FakeApiServer([pod("a", 10)], rv=100)
+        fake.script(fake.http_error(500, "InternalError"))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, backoff = make_informer(client, rec)
+                await tg.start(inf.run)
+                await fake.next_list()
+                fake.list_errors.extend([503] * 5)
+                await fake.next_watch()
+                for _ in range(6):
+                    await fake.next_list()
+                # Every failed attempt is a turn of the loop: not wedged, although nothing succeeds.
+                assert inf.wedged_for() < 1.0
+                assert inf.stalled_for() >= 0
+                assert backoff.calls >= 5
+                assert inf.step_limit >= 120
                 tg.cancel_scope.cancel()
