@@ -26,9 +26,11 @@ from .moduleservice.mapping import (
     ServiceKey,
     md_keys,
     md_module,
+    pod_in_scope,
     pod_keys,
     pod_modules,
     pod_relevant_change,
+    service_in_scope,
     service_key,
 )
 from .moduleservice.reconcile import (
@@ -138,12 +140,14 @@ class Manager:
         enqueue_pod = _Enqueue(self.queue, self._seen, lambda o, n: pod_keys(o, n, prefix),
                                lambda o, n: pod_relevant_change(o, n, prefix))
         self.informers: list[Informer] = []
-        for resource, store, handler, transform in (
-            (MODULE_DEPLOYMENTS, self.mds, enqueue_md, slim_md),
-            (SERVICES, self.services, enqueue_svc, slim_service),
-            (PODS, self.pods, enqueue_pod, slim_pod),
+        # Only Pods with a module label and Services named like ours are cached: memory follows the
+        # modules, not the cluster (issue 10). Selectors cannot express either rule, so it is client-side.
+        for resource, store, handler, transform, keep in (
+            (MODULE_DEPLOYMENTS, self.mds, enqueue_md, slim_md, None),
+            (SERVICES, self.services, enqueue_svc, slim_service, service_in_scope),
+            (PODS, self.pods, enqueue_pod, slim_pod, lambda p: pod_in_scope(p, prefix)),
         ):
-            self.informers.extend(self._informers(resource, store, handler, transform))
+            self.informers.extend(self._informers(resource, store, handler, transform, keep))
         self.healthz = HealthChecks()
         self.readyz = HealthChecks()
         self.healthz.add("ping", lambda: None)
@@ -163,12 +167,13 @@ class Manager:
         return self.elector is None or self.elector.is_leader
 
     def _informers(self, resource: Resource, store: Store, handler: EventHandler,
-                   transform: Callable[[JsonObj], JsonObj]) -> list[Informer]:
+                   transform: Callable[[JsonObj], JsonObj],
+                   keep: Callable[[JsonObj], bool] | None) -> list[Informer]:
         scopes: list[str | None] = list(self.config.namespaces) or [None]
         return [
             Informer(self.client, resource, store=store, namespace=ns, handlers=[handler], transform=transform,
                      metrics=self.metrics.informer_metrics(resource.plural),
-                     idle_timeout=self.config.watch_idle_timeout)
+                     idle_timeout=self.config.watch_idle_timeout, keep=keep)
             for ns in scopes
         ]
 

@@ -20,6 +20,10 @@ Semantics follow client-go's Reflector (tools/cache/reflector.go):
 - ``wedged_for()`` measures the loop itself (an attempt, a page or an event), never the API server: it
   feeds liveness, which must not restart the process during an API outage (controller-runtime's choice:
   liveness = not wedged, readiness = synced).
+- ``keep`` (client-go has no equivalent; controller-runtime's cache uses label/field selectors, which
+  cannot say "has a label key with this prefix" or "name ends with"): objects it rejects are never stored.
+  An object that stops being kept is delivered as a delete, one that starts being kept as an add, so a
+  change into or out of scope is never missed; on a list, those out of scope simply are not stored.
 Handlers are called synchronously on the event loop and must only map objects to keys and enqueue.
 Store objects are shared and read-only by contract.
 """
@@ -54,6 +58,7 @@ log = structlog.get_logger(__name__)
 
 IndexFunc = Callable[[JsonObj], Iterable[str]]
 Transform = Callable[[JsonObj], JsonObj]
+Keep = Callable[[JsonObj], bool]
 
 PAGE_SIZE = 500  # client-go's pager default
 IDLE_TIMEOUT = 70.0  # kopf's default: longer than the ~60 s bookmark interval
@@ -197,6 +202,7 @@ class Informer:
         idle_timeout: float = IDLE_TIMEOUT,
         min_watch_timeout: int = MIN_WATCH_TIMEOUT,
         label_selector: str | None = None,
+        keep: Keep | None = None,
     ) -> None:
         self.client = client
         self.resource = resource
@@ -210,6 +216,7 @@ class Informer:
         self.idle_timeout = idle_timeout
         self.min_watch_timeout = min_watch_timeout
         self.label_selector = label_selector
+        self.keep = keep
         self.has_synced = False
         self.resource_version = ""
         # monotonic time of the last sign of life: a list done, or an event or bookmark received. Opening a
@@ -349,7 +356,9 @@ class Informer:
             # would grow the heap to the size of the full list, and CPython keeps that memory.
             for raw in page_items or ():
                 raw.setdefault("kind", kind)
-                items.append(self.transform(raw))
+                obj = self.transform(raw)
+                if self.keep is None or self.keep(obj):
+                    items.append(obj)
             meta = page.get("metadata") or {}
             list_rv = str(meta.get("resourceVersion") or list_rv)
             token = meta.get("continue")
@@ -434,10 +443,13 @@ class Informer:
         obj.setdefault("kind", self.resource.kind)
         obj = self.transform(obj)
         key = object_key(obj)
-        if etype == "DELETED":
+        kept = self.keep is None or self.keep(obj)
+        if etype == "DELETED" or not kept:
+            # Deleted, or out of scope now (e.g. a Pod lost its last module label): gone for our handlers.
             old = self.store.delete(key)
-            for h in self.handlers:
-                h.on_delete(old if old is not None else obj)
+            if old is not None or (etype == "DELETED" and kept):
+                for h in self.handlers:
+                    h.on_delete(old if old is not None else obj)
         else:
             old = self.store.upsert(obj)
             for h in self.handlers:

@@ -1072,3 +1072,57 @@ class TestRelistPolicy:
                 assert backoff.calls >= 5
                 assert inf.step_limit >= 120
                 tg.cancel_scope.cancel()
+
+
+class TestKeep:
+    """Issue 10, risk "caches hold what does not matter": only kept objects are stored, and moving into or
+    out of scope reaches the handlers as an add or a delete, on the watch and across a relist."""
+
+    pytestmark = pytest.mark.asyncio
+
+    async def test_only_kept_objects_are_stored_and_scope_changes_notify(self) -> None:
+        fake = FakeApiServer([pod("a", 10, module="m"), pod("b", 11), pod("x", 12)], rv=100)
+        done = anyio.Event()
+
+        async def script(s: WatchStream) -> None:
+            await s.send("MODIFIED", pod("b", 101, module="m"))  # gains a module label: an add
+            await s.send("MODIFIED", pod("a", 102))  # loses its last one: a delete
+            await s.send("ADDED", pod("c", 103))  # never in scope: nothing
+            await s.send("MODIFIED", pod("x", 104))  # still out of scope: nothing
+            await s.send("DELETED", pod("c", 105))  # deleted while out of scope: nothing
+            await s.send("MODIFIED", pod("b", 106, module="m", note="1"))  # in scope: an update
+            done.set()
+            await s.hold()
+
+        fake.script(fake.stream(script))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, _ = make_informer(client, rec)
+                inf.keep = lambda o: bool(list(modules_of(o)))
+                await tg.start(inf.run)
+                assert sorted(inf.store.keys()) == [f"{NS}/a"]
+                await done.wait()
+                await rec.wait_calls(4)
+                assert rec.calls == [("add", f"{NS}/a", "10"), ("add", f"{NS}/b", "101"),
+                                     ("delete", f"{NS}/a", "10"), ("update", f"{NS}/b", "106")]
+                assert sorted(inf.store.keys()) == [f"{NS}/b"]
+                tg.cancel_scope.cancel()
+
+    async def test_relist_deletes_what_left_scope_during_the_gap(self) -> None:
+        fake = FakeApiServer([pod("a", 10, module="m"), pod("b", 11)], rv=100)
+        fake.script(fake.http_error(410, "Expired", before=lambda: fake.set_objects(
+            [pod("a", 120), pod("b", 121, module="m")], rv=130)))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, _ = make_informer(client, rec)
+                inf.keep = lambda o: bool(list(modules_of(o)))
+                await tg.start(inf.run)
+                await fake.next_list()
+                await fake.next_watch()
+                await fake.next_list()
+                await fake.next_watch()
+                assert rec.calls == [("add", f"{NS}/a", "10"), ("add", f"{NS}/b", "121"), ("delete", f"{NS}/a", "10")]
+                assert sorted(inf.store.keys()) == [f"{NS}/b"]
+                tg.cancel_scope.cancel()
