@@ -642,10 +642,8 @@ class TestApiServerKilled:
 
     OUTAGE = 2.0  # seconds the API server stays dead each time, on top of its restart time
 
-    async def test_kill_and_restart_during_churn(self, fcp: ControlPlane, fault_ns: str) -> None:
+    async def test_kill_and_restart_during_churn(self, fcp: ControlPlane, fault_ns: str, seed: int) -> None:
         ns = fault_ns
-        seed = random.randrange(2**32)
-        print(f"seed={seed}")
         rng = random.Random(seed)
         names = [f"a{i}" for i in range(200)]
         ops: list[tuple[str, str, int]] = [("create", n, 8080) for n in names]
@@ -779,10 +777,9 @@ class TestLeaderChurn:
     DURATION = 60.0  # seconds of faults and churn
     LEASE = LeaseSettings(lease_duration=4.0, renew_deadline=3.0, retry_period=1.0)
 
-    async def test_random_leader_kills_during_churn(self, fcp: ControlPlane, fault_ns: str, tmp_path: Path) -> None:
+    async def test_random_leader_kills_during_churn(self, fcp: ControlPlane, fault_ns: str, tmp_path: Path,
+                                                    seed: int) -> None:
         ns, kubeconfig = fault_ns, str(fcp.kubeconfig)
-        seed = random.randrange(2**32)
-        print(f"seed={seed}")
         faults, changes = random.Random(seed), random.Random(seed + 1)
         died_at: dict[str, float] = {}
         kills: list[str] = []
