@@ -16,6 +16,11 @@ Semantics follow client-go's Reflector (tools/cache/reflector.go):
   asks for state not older than the last one seen (``resourceVersionMatch=NotOlderThan``, also served
   from the cache), and only a relist after 410 (our RV is gone) asks for the latest, consistent state.
 - Failures back off 0.8 s -> 30 s (factor 2, jitter 1.0), reset after 2 minutes without failure.
+- Streaming lists (``stream_lists``; client-go's WatchListClient, KEP-3157): the list is a WATCH with
+  ``sendInitialEvents=true``: the server sends every object as ADDED from its watch cache, then a BOOKMARK
+  annotated ``k8s.io/initial-events-end``, then carries on as a normal watch. No LIST, no etcd read, no
+  full list response in memory. A server that rejects the parameters (400/422) or ignores them (a
+  plain bookmark first) turns it off for good, and the informer lists as before.
 - ``has_synced`` turns true after the first full list; ``run`` reports ``started`` at that moment.
 - ``wedged_for()`` measures the loop itself (an attempt, a page or an event), never the API server: it
   feeds liveness, which must not restart the process during an API outage (controller-runtime's choice:
@@ -66,6 +71,11 @@ MIN_WATCH_TIMEOUT = 300  # client-go: random in [5m, 10m) spreads reconnects of 
 VERY_SHORT_WATCH = 1.0  # client-go: a watch that ends within 1 s with no event is an error
 LIST_TIMEOUT = 120.0  # per page
 SILENT_WATCHES_BEFORE_RELIST = 2
+INITIAL_EVENTS_END = "k8s.io/initial-events-end"
+
+
+class _NotStreaming(Exception):
+    """The server does not stream lists: fall back to LIST."""
 
 
 def object_key(obj: Mapping[str, Any]) -> str:
@@ -203,6 +213,7 @@ class Informer:
         min_watch_timeout: int = MIN_WATCH_TIMEOUT,
         label_selector: str | None = None,
         keep: Keep | None = None,
+        stream_lists: bool = False,
     ) -> None:
         self.client = client
         self.resource = resource
@@ -217,6 +228,8 @@ class Informer:
         self.min_watch_timeout = min_watch_timeout
         self.label_selector = label_selector
         self.keep = keep
+        self.stream_lists = stream_lists
+        self._stream_synced = False  # the current streaming list has delivered its initial state
         self.has_synced = False
         self.resource_version = ""
         # monotonic time of the last sign of life: a list done, or an event or bookmark received. Opening a
@@ -259,13 +272,22 @@ class Informer:
         while True:
             self._turn()
             try:
+                if need_list and self.stream_lists:
+                    try:
+                        await self._watch_list(relist_reason, task_status)
+                    except _NotStreaming as exc:
+                        self.stream_lists = False
+                        self._log.info("streaming_list_unsupported", reason=str(exc))
+                    else:
+                        need_list = False  # synced, then the stream ended like any watch: re-watch
+                        continue
+                    finally:
+                        if self._stream_synced:
+                            need_list = False  # an error after the initial state: handled as a watch's
                 if need_list:
                     await self._list(relist_reason)
                     need_list = False
-                    if not self.has_synced:
-                        self.has_synced = True
-                        self.metrics.synced(True)
-                        task_status.started()
+                    self._synced(task_status)
                 opened = anyio.current_time()
                 events = await self._watch()
                 if events == 0 and anyio.current_time() - opened < VERY_SHORT_WATCH:
@@ -305,6 +327,70 @@ class Informer:
                     error=str(exc), retry_in_s=round(delay, 2),
                 )
                 await anyio.sleep(delay)
+
+    def _synced(self, task_status: TaskStatus[None]) -> None:
+        if not self.has_synced:
+            self.has_synced = True
+            self.metrics.synced(True)
+            task_status.started()
+
+    async def _watch_list(self, reason: str, task_status: TaskStatus[None]) -> None:
+        """A streaming list that goes on as the watch. Raises _NotStreaming when the server cannot."""
+        if reason != "initial":
+            self.metrics.relist(reason)
+        self.metrics.list()
+        self._stream_synced = False
+        params: dict[str, str | int | bool] = {
+            "sendInitialEvents": True,
+            "resourceVersionMatch": "NotOlderThan",
+            # "" = the latest state (first list, or after a 410); else not older than what we have seen.
+            "resourceVersion": self.resource_version if self.has_synced else "",
+            "allowWatchBookmarks": True,
+            "timeoutSeconds": random.randint(self.min_watch_timeout, 2 * self.min_watch_timeout - 1),
+        }
+        if self.label_selector:
+            params["labelSelector"] = self.label_selector
+        items: dict[str, JsonObj] = {}
+
+        def on_event(event: JsonObj) -> None:
+            self._silent_watches = 0
+            self._alive()
+            if self._stream_synced:
+                self._handle(event)
+                return
+            etype, obj = event.get("type"), event.get("object")
+            if not isinstance(obj, dict):
+                return
+            if etype == "BOOKMARK":
+                annotations = (obj.get("metadata") or {}).get("annotations") or {}
+                if annotations.get(INITIAL_EVENTS_END) != "true":
+                    raise _NotStreaming("a bookmark without the initial-events-end annotation came first")
+                self._replace(list(items.values()))
+                self.resource_version = _rv(obj)
+                self._stream_synced = True
+                self._log.info("list_done", objects=len(items), resource_version=self.resource_version,
+                               reason=reason, streamed=True)
+                self._synced(task_status)
+                return
+            obj.setdefault("kind", self.resource.kind)
+            obj = self.transform(obj)
+            key = object_key(obj)
+            if etype == "DELETED" or (self.keep is not None and not self.keep(obj)):
+                items.pop(key, None)
+            else:
+                items[key] = obj
+
+        try:
+            await self.client.watch(
+                self.resource.path(self.namespace), params=params, on_event=on_event,
+                idle_timeout=self.idle_timeout, on_open=self.metrics.watch_start,
+            )
+        except ApiError as exc:
+            if not self._stream_synced and exc.status in (400, 422):
+                raise _NotStreaming(str(exc)) from exc
+            raise
+        if not self._stream_synced:
+            raise TransportError("streaming list ended before its initial state was complete")
 
     def _list_params(self) -> dict[str, str | int | bool]:
         params: dict[str, str | int | bool] = {"limit": self.page_size}

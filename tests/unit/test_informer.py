@@ -1126,3 +1126,116 @@ class TestKeep:
                 assert rec.calls == [("add", f"{NS}/a", "10"), ("add", f"{NS}/b", "121"), ("delete", f"{NS}/a", "10")]
                 assert sorted(inf.store.keys()) == [f"{NS}/b"]
                 tg.cancel_scope.cancel()
+
+
+class TestStreamingList:
+    """Issue 10, risk "relists": a streaming list (WATCH with sendInitialEvents) replaces the LIST where the
+    server supports it; a server that rejects or ignores it gets a LIST."""
+
+    pytestmark = pytest.mark.asyncio
+
+    @staticmethod
+    def end_marker(rv: int) -> JsonObj:
+        return {"kind": "Pod", "apiVersion": "v1",
+                "metadata": {"resourceVersion": str(rv), "annotations": {"k8s.io/initial-events-end": "true"}}}
+
+    async def test_initial_events_then_the_same_stream_is_the_watch(self) -> None:
+        fake = FakeApiServer([], rv=100)
+        delivered = anyio.Event()
+
+        async def stream(s: WatchStream) -> None:
+            await s.send("ADDED", pod("a", 10, module="m"))
+            await s.send("ADDED", pod("b", 11))
+            await s.send("BOOKMARK", self.end_marker(100))
+            await s.send("MODIFIED", pod("a", 101, module="m"))
+            delivered.set()
+            await s.hold()
+
+        fake.script(fake.stream(stream))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, _ = make_informer(client, rec)
+                inf.stream_lists = True
+                await tg.start(inf.run)
+                assert inf.has_synced
+                assert sorted(inf.store.keys()) == [f"{NS}/a", f"{NS}/b"]
+                await delivered.wait()
+                await rec.wait_calls(3)
+                assert fake.lists == []  # no LIST at all
+                assert len(fake.watches) == 1
+                q = fake.watches[0].query
+                assert q["sendInitialEvents"] == "true"
+                assert q["resourceVersionMatch"] == "NotOlderThan"
+                assert q["resourceVersion"] == ""
+                assert q["allowWatchBookmarks"] == "true"
+                assert rec.calls == [("add", f"{NS}/a", "10"), ("add", f"{NS}/b", "11"), ("update", f"{NS}/a", "101")]
+                assert inf.resource_version == "101"
+                tg.cancel_scope.cancel()
+
+    async def test_rejected_parameters_fall_back_to_list(self) -> None:
+        fake = FakeApiServer([pod("a", 10)], rv=100)
+        fake.script(fake.http_error(422, "Invalid"))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, _ = make_informer(client, rec)
+                inf.stream_lists = True
+                await tg.start(inf.run)
+                assert [r.query.get("sendInitialEvents") for r in fake.watches] == ["true"]
+                assert len(fake.lists) == 1
+                watch = await fake.next_watch()
+                watch = await fake.next_watch()  # the plain watch after the LIST
+                assert "sendInitialEvents" not in watch.query
+                assert inf.stream_lists is False
+                tg.cancel_scope.cancel()
+
+    async def test_ignored_parameters_fall_back_to_list(self) -> None:
+        # An older server treats it as a plain watch: a bookmark without the annotation comes first.
+        fake = FakeApiServer([pod("a", 10)], rv=100)
+
+        async def plain(s: WatchStream) -> None:
+            await s.bookmark(150)
+            await s.hold()
+
+        fake.script(fake.stream(plain))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, _ = make_informer(client, rec)
+                inf.stream_lists = True
+                await tg.start(inf.run)
+                assert len(fake.lists) == 1
+                assert rec.calls == [("add", f"{NS}/a", "10")]
+                assert inf.stream_lists is False
+                tg.cancel_scope.cancel()
+
+    async def test_relist_after_410_streams_again_and_prunes(self) -> None:
+        fake = FakeApiServer([], rv=100)
+
+        async def first(s: WatchStream) -> None:
+            await s.send("ADDED", pod("a", 10))
+            await s.send("ADDED", pod("b", 11))
+            await s.send("BOOKMARK", self.end_marker(100))
+            await s.error(410, "Expired", "too old")
+
+        async def second(s: WatchStream) -> None:
+            await s.send("ADDED", pod("a", 10))
+            await s.send("BOOKMARK", self.end_marker(200))
+            await s.hold()
+
+        fake.script(fake.stream(first), fake.stream(second))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, _ = make_informer(client, rec)
+                inf.stream_lists = True
+                await tg.start(inf.run)
+                await fake.next_watch()
+                again = await fake.next_watch()
+                assert again.query["sendInitialEvents"] == "true"
+                assert again.query["resourceVersion"] == ""  # after a 410: the latest state
+                await rec.wait_calls(3)
+                assert rec.calls == [("add", f"{NS}/a", "10"), ("add", f"{NS}/b", "11"), ("delete", f"{NS}/b", "11")]
+                assert fake.lists == []
+                tg.cancel_scope.cancel()
