@@ -1239,3 +1239,26 @@ class TestStreamingList:
                 assert rec.calls == [("add", f"{NS}/a", "10"), ("add", f"{NS}/b", "11"), ("delete", f"{NS}/b", "11")]
                 assert fake.lists == []
                 tg.cancel_scope.cancel()
+
+
+class TestStreamingListFallbackOnSilence:
+    pytestmark = pytest.mark.asyncio
+
+    async def test_no_end_marker_falls_back_to_list(self) -> None:
+        fake = FakeApiServer([pod("a", 10)], rv=100)
+
+        async def objects_then_silence(s: WatchStream) -> None:
+            await s.send("ADDED", pod("a", 10))
+            await s.hold()
+
+        fake.script(fake.stream(objects_then_silence))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, _ = make_informer(client, rec, idle_timeout=0.5)
+                inf.stream_lists = True
+                await tg.start(inf.run)
+                assert len(fake.lists) == 1
+                assert inf.stream_lists is False
+                assert rec.calls == [("add", f"{NS}/a", "10")]
+                tg.cancel_scope.cancel()
