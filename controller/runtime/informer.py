@@ -20,8 +20,8 @@ Semantics follow client-go's Reflector (tools/cache/reflector.go):
   ``sendInitialEvents=true``: the server sends every object as ADDED from its watch cache, then a BOOKMARK
   annotated ``k8s.io/initial-events-end``, then carries on as a normal watch. No LIST, no etcd read, no
   full list response in memory. A server that rejects the parameters (400/422), ignores them (a plain
-  bookmark first) or never ends the initial events (silence, or the end of the stream) turns it off for
-  good, and the informer lists as before.
+  bookmark first) or ends the stream early turns it off for good, and the informer lists as before;
+  silence before the end marker lists this once, and twice in a row turns it off.
 - ``has_synced`` turns true after the first full list; ``run`` reports ``started`` at that moment.
 - ``wedged_for()`` measures the loop itself (an attempt, a page or an event), never the API server: it
   feeds liveness, which must not restart the process during an API outage (controller-runtime's choice:
@@ -76,7 +76,11 @@ INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 
 
 class _NotStreaming(Exception):
-    """The server does not stream lists: fall back to LIST."""
+    """This streaming list failed in a way a LIST can fix: list instead (``permanent``: from now on)."""
+
+    def __init__(self, message: str, *, permanent: bool = True) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 def object_key(obj: Mapping[str, Any]) -> str:
@@ -231,6 +235,7 @@ class Informer:
         self.keep = keep
         self.stream_lists = stream_lists
         self._stream_synced = False  # the current streaming list has delivered its initial state
+        self._stream_misses = 0  # streaming lists in a row that went silent before their end marker
         self.has_synced = False
         self.resource_version = ""
         # monotonic time of the last sign of life: a list done, or an event or bookmark received. Opening a
@@ -277,8 +282,10 @@ class Informer:
                     try:
                         await self._watch_list(relist_reason, task_status)
                     except _NotStreaming as exc:
-                        self.stream_lists = False
-                        self._log.info("streaming_list_unsupported", reason=str(exc))
+                        self._stream_misses = 0 if exc.permanent else self._stream_misses + 1
+                        if exc.permanent or self._stream_misses >= SILENT_WATCHES_BEFORE_RELIST:
+                            self.stream_lists = False
+                        self._log.info("streaming_list_fallback", reason=str(exc), disabled=not self.stream_lists)
                     else:
                         need_list = False  # synced, then the stream ended like any watch: re-watch
                         continue
@@ -369,6 +376,7 @@ class Informer:
                 self._replace(list(items.values()))
                 self.resource_version = _rv(obj)
                 self._stream_synced = True
+                self._stream_misses = 0
                 self._log.info("list_done", objects=len(items), resource_version=self.resource_version,
                                reason=reason, streamed=True)
                 self._synced(task_status)
@@ -392,9 +400,9 @@ class Informer:
             raise
         except WatchStalled as exc:
             if not self._stream_synced:
-                # Some servers stream the objects but never the end marker (a resource served without a
-                # watch cache): waiting again would never sync.
-                raise _NotStreaming(f"no end of the initial events: {exc}") from exc
+                # A slow server, or one that never sends the end marker (a resource served without a
+                # watch cache): list this time; twice in a row, for good.
+                raise _NotStreaming(f"no end of the initial events: {exc}", permanent=False) from exc
             raise
         if not self._stream_synced:
             raise _NotStreaming("the stream ended before the end of the initial events")

@@ -1244,14 +1244,16 @@ class TestStreamingList:
 class TestStreamingListFallbackOnSilence:
     pytestmark = pytest.mark.asyncio
 
-    async def test_no_end_marker_falls_back_to_list(self) -> None:
+    async def test_no_end_marker_lists_once_and_twice_in_a_row_for_good(self) -> None:
         fake = FakeApiServer([pod("a", 10)], rv=100)
 
         async def objects_then_silence(s: WatchStream) -> None:
             await s.send("ADDED", pod("a", 10))
             await s.hold()
 
-        fake.script(fake.stream(objects_then_silence))
+        # Silent: LIST this once (still streaming afterwards). Then a 410; silent again: off for good.
+        fake.script(fake.stream(objects_then_silence), fake.http_error(410, "Expired"),
+                    fake.stream(objects_then_silence))
         rec = Recorder()
         with anyio.fail_after(DEADLINE):
             async with serving(fake) as client, anyio.create_task_group() as tg:
@@ -1259,6 +1261,12 @@ class TestStreamingListFallbackOnSilence:
                 inf.stream_lists = True
                 await tg.start(inf.run)
                 assert len(fake.lists) == 1
-                assert inf.stream_lists is False
+                streaming = [inf.stream_lists]
                 assert rec.calls == [("add", f"{NS}/a", "10")]
+                for _ in range(4):  # streaming, the 410 watch, streaming again (silent), the plain watch
+                    await fake.next_watch()
+                assert [w.query.get("sendInitialEvents") for w in fake.watches] == ["true", None, "true", None]
+                assert len(fake.lists) == 2
+                streaming.append(inf.stream_lists)
+                assert streaming == [True, False]
                 tg.cancel_scope.cancel()
