@@ -19,9 +19,9 @@ Semantics follow client-go's Reflector (tools/cache/reflector.go):
 - Streaming lists (``stream_lists``; client-go's WatchListClient, KEP-3157): the list is a WATCH with
   ``sendInitialEvents=true``: the server sends every object as ADDED from its watch cache, then a BOOKMARK
   annotated ``k8s.io/initial-events-end``, then carries on as a normal watch. No LIST, no etcd read, no
-  full list response in memory. A server that rejects the parameters (400/422), ignores them (a plain
-  bookmark first) or ends the stream early turns it off for good, and the informer lists as before;
-  silence before the end marker lists this once, and twice in a row turns it off.
+  full list response in memory. A server that rejects the parameters (400/422) or ignores them (a plain
+  bookmark first) turns it off for good, and the informer lists as before; silence or an end of the
+  stream before the end marker lists this once, and twice in a row turns it off.
 - ``has_synced`` turns true after the first full list; ``run`` reports ``started`` at that moment.
 - ``wedged_for()`` measures the loop itself (an attempt, a page or an event), never the API server: it
   feeds liveness, which must not restart the process during an API outage (controller-runtime's choice:
@@ -405,7 +405,7 @@ class Informer:
                 raise _NotStreaming(f"no end of the initial events: {exc}", permanent=False) from exc
             raise
         if not self._stream_synced:
-            raise _NotStreaming("the stream ended before the end of the initial events")
+            raise _NotStreaming("the stream ended before the end of the initial events", permanent=False)
 
     def _list_params(self) -> dict[str, str | int | bool]:
         params: dict[str, str | int | bool] = {"limit": self.page_size}
