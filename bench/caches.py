@@ -1,4 +1,4 @@
-"""7. Caches and relists (issue 10): what objects the controller does not serve cost it, and what three
+"""9. Caches and relists (issue 10): what objects the controller does not serve cost it, and what three
 replicas starting (or relisting) at once cost the API server.
 
 On one cluster: M ModuleDeployments (spread over namespaces), P module Pods, and the M Services the
@@ -91,7 +91,7 @@ async def _storm(cl: Cluster, name: str, wrapper: list[str]) -> tuple[float, flo
 async def run(sizes: Sizes) -> BenchResult:
     m, p = sizes.caches_mds, sizes.caches_module_pods
     u, s = sizes.caches_unrelated_pods, sizes.caches_unrelated_services
-    res = BenchResult("caches", f"7. Caches: {m} ModuleDeployments, {p} module Pods; then {u} unrelated Pods "
+    res = BenchResult("caches", f"9. Caches: {m} ModuleDeployments, {p} module Pods; then {u} unrelated Pods "
                                 f"and {s} unrelated Services")
     async with cluster("caches") as cl, kube_client(cl.kubeconfig) as client:
         res.facts["kube-apiserver"] = await server_version(client)
