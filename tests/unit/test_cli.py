@@ -175,3 +175,15 @@ class TestNamespaceValues:
             Config(metrics_bind_address=bind)
         with pytest.raises(ConfigError, match="--health-probe-bind-address"):
             Config(health_probe_bind_address=bind)
+
+
+def test_variables_apply_when_no_flag_is_given() -> None:
+    env = {"MSC_WORKERS": "7", "MSC_LEADER_ELECT": "true", "MSC_WATCH_IDLE_TIMEOUT": "90s",
+           "MSC_METRICS_BIND_ADDRESS": "127.0.0.1:9000", "MSC_KUBECONFIG": "/k"}
+    args = parse_args([], env)
+    assert (args.workers, args.leader_elect, args.watch_idle_timeout) == (7, True, 90.0)
+    assert (args.metrics_bind_address, args.kubeconfig) == ("127.0.0.1:9000", "/k")
+    flagged = parse_args(["--workers", "2", "--leader-elect=false"], env)
+    assert (flagged.workers, flagged.leader_elect) == (2, False)
+    defaults = parse_args([], {})
+    assert (defaults.workers, defaults.leader_elect, defaults.kubeconfig) == (4, False, None)
