@@ -7,9 +7,9 @@ label and S Services not named ``*-service``):
 - RSS and time to /readyz of one fresh controller, once its start-up pass is quiet;
 - a "relist storm": three fresh replicas started at the same moment (what a rollout, or a 410 that hits
   every replica, does), and the CPU kube-apiserver and etcd used until all three were ready.
-Each phase runs the controller of this tree and, when ``MSC_BENCH_BASELINE`` names a directory holding
-another tree's ``controller`` package (e.g. ``git archive <commit> controller | tar -x -C DIR``), that one
-too, for a before/after on the same cluster.
+Each phase runs the controller of this tree, with and without ``--streaming-lists``, and, when
+``MSC_BENCH_BASELINE`` names a directory holding another tree's ``controller`` package (e.g.
+``git archive <commit> controller | tar -x -C DIR``), that one too, for a before/after on the same cluster.
 """
 
 from __future__ import annotations
@@ -46,11 +46,13 @@ SETTLE = 2.0
 REPLICAS = 3
 
 
-def _variants() -> list[tuple[str, list[str]]]:
-    out: list[tuple[str, list[str]]] = [("this tree", [])]
+def _variants() -> list[tuple[str, list[str], list[str]]]:
+    """(name, wrapper, extra flags) of each controller compared."""
+    out: list[tuple[str, list[str], list[str]]] = [("this tree", [], []),
+                                                   ("this tree --streaming-lists", [], ["--streaming-lists"])]
     baseline = os.environ.get("MSC_BENCH_BASELINE")
     if baseline and (Path(baseline) / "controller").is_dir():
-        out.append((f"baseline {Path(baseline).name}", ["env", f"PYTHONPATH={baseline}"]))
+        out.append((f"baseline {Path(baseline).name}", ["env", f"PYTHONPATH={baseline}"], []))
     return out
 
 
@@ -59,9 +61,10 @@ def _control_plane_cpu(cl: Cluster) -> float:
     return cpu.get("kube-apiserver", 0.0) + cpu.get("etcd", 0.0)
 
 
-async def _one(cl: Cluster, name: str, wrapper: list[str], services: int) -> tuple[float, float, dict[str, float]]:
+async def _one(cl: Cluster, name: str, wrapper: list[str], args: list[str],
+               services: int) -> tuple[float, float, dict[str, float]]:
     """(RSS MiB, seconds to ready, objects cached by resource) of a fresh controller."""
-    ctl = cl.spawn(name, wrapper=wrapper)
+    ctl = cl.spawn(name, wrapper=wrapper, args=args)
     ready = await ctl.wait_ready(timeout=900)
     samples = await wait_quiet(ctl, services=services, quiet_for=2.0, timeout=900)
     await anyio.sleep(SETTLE)
@@ -71,13 +74,13 @@ async def _one(cl: Cluster, name: str, wrapper: list[str], services: int) -> tup
     return rss, ready - ctl.spawned, cached
 
 
-async def _storm(cl: Cluster, name: str, wrapper: list[str]) -> tuple[float, float]:
+async def _storm(cl: Cluster, name: str, wrapper: list[str], args: list[str]) -> tuple[float, float]:
     """(API server + etcd CPU seconds, seconds until the last replica was ready) for REPLICAS fresh
     replicas started together."""
     before = _control_plane_cpu(cl)
     started = time.perf_counter()
-    ctls: list[Controller] = [cl.spawn(f"{name}-{i}", wrapper=wrapper, args=["--leader-elect",
-                                                                              "--leader-elect-namespace", NS])
+    ctls: list[Controller] = [cl.spawn(f"{name}-{i}", wrapper=wrapper,
+                                       args=["--leader-elect", "--leader-elect-namespace", NS, *args])
                               for i in range(REPLICAS)]
     for ctl in ctls:
         await ctl.wait_ready(timeout=900)
@@ -124,9 +127,9 @@ async def run(sizes: Sizes) -> BenchResult:
 
                 await bounded(sizes.load_concurrency, [(ns, j) for ns in namespaces for j in range(s_ns)], service)
                 say(f"caches: {u} unrelated Pods and {s} unrelated Services in {time.perf_counter() - started:.0f}s")
-            for variant, wrapper in _variants():
-                rss, ready, cached = await _one(cl, f"caches-one-{len(cl.controllers)}", wrapper, m)
-                cpu, took = await _storm(cl, f"caches-storm-{len(cl.controllers)}", wrapper)
+            for variant, wrapper, args in _variants():
+                rss, ready, cached = await _one(cl, f"caches-one-{len(cl.controllers)}", wrapper, args, m)
+                cpu, took = await _storm(cl, f"caches-storm-{len(cl.controllers)}", wrapper, args)
                 key = f"{phase}, {variant}"
                 res.figure(f"RSS, {key}", "MiB", digits=1).values.append(rss)
                 res.figure(f"ready after, {key}", "s", digits=1).values.append(ready)

@@ -74,6 +74,7 @@ _FLAGS: list[tuple[str, Any, Any, str]] = [
     ("log-level", str, "info", "debug, info, warning or error"),
     ("log-format", str, "json", "json or console"),
     ("watch-idle-timeout", _duration, 70.0, "drop a watch after this long without any event or bookmark"),
+    ("streaming-lists", None, False, "list through a WATCH with sendInitialEvents where the server supports it"),
     ("cache-sync-timeout", _duration, 120.0, "give up if the caches do not sync within this time"),
     ("shutdown-timeout", _duration, 25.0, "how long SIGTERM waits for in-flight reconciles"),
 ]
@@ -161,7 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             metrics_secure=args.metrics_secure, metrics_cert_dir=args.metrics_cert_dir,
             health_probe_bind_address=args.health_probe_bind_address,
             module_label_prefix=args.module_label_prefix, log_level=args.log_level, log_format=args.log_format,
-            watch_idle_timeout=args.watch_idle_timeout, cache_sync_timeout=args.cache_sync_timeout,
+            watch_idle_timeout=args.watch_idle_timeout, streaming_lists=args.streaming_lists,
+            cache_sync_timeout=args.cache_sync_timeout,
             shutdown_timeout=args.shutdown_timeout,
         )
         check_credentials(config.kubeconfig, os.environ)  # before any connection

@@ -173,7 +173,8 @@ class Manager:
         return [
             Informer(self.client, resource, store=store, namespace=ns, handlers=[handler], transform=transform,
                      metrics=self.metrics.informer_metrics(resource.plural),
-                     idle_timeout=self.config.watch_idle_timeout, keep=keep, stream_lists=True)
+                     idle_timeout=self.config.watch_idle_timeout, keep=keep,
+                     stream_lists=self.config.streaming_lists)
             for ns in scopes
         ]
 

@@ -111,7 +111,8 @@ class TestMetrics:
             assert host.startswith("127.0.0.1:")
             assert (m.value("rest_client_requests_total", method="POST", code="201") or 0) >= 3
             assert (m.value("rest_client_requests_total", method="PATCH", code="200") or 0) >= 1
-            # The lists are streamed: one WATCH with sendInitialEvents per informer (counted, never timed).
+            assert (m.value("rest_client_request_duration_seconds_count", verb="GET") or 0) >= 3  # the lists
+            # One watch per informer at least: counted, never timed (a watch lives for minutes).
             assert (m.value("rest_client_requests_total", method="WATCH", code="200") or 0) >= 3
             assert m.value("rest_client_request_duration_seconds_count", verb="WATCH") is None
             assert m.value("leader_election_master_status", name=LEASE_NAME) == 1
