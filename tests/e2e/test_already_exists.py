@@ -3,8 +3,8 @@ before, issue 10).
 
 The fault proxy holds the controller's Service watch, so a Service created by someone else is not in its
 cache when a ModuleDeployment asks for that name: the controller POSTs and gets 409 AlreadyExists. It must
-requeue (never replace the object), and once its cache sees the Service (the relist after two silent
-watches) report NameConflict and leave it exactly as it was."""
+requeue (never replace the object), and once its cache sees the Service (the proxy lets the watch go)
+report NameConflict and leave it exactly as it was."""
 
 from __future__ import annotations
 
@@ -18,12 +18,16 @@ from tests.harness import api_client, controller_config, module_deployment, runn
 
 pytestmark = pytest.mark.asyncio
 
+# Long enough that no relist (two silent watches) refreshes the stale cache before the write is made, on a
+# loaded machine; the proxy is resumed once the refusal is seen, and the watch then catches up.
+IDLE = 30.0
+
 
 async def test_already_exists_is_requeued_never_overwritten(controlplane: ControlPlane, kubeconfig: str,
                                                             namespace: str, tmp_path: Path) -> None:
     async with FaultProxy.for_controlplane(controlplane) as proxy, api_client(kubeconfig) as api:
         proxied = proxy.write_kubeconfig(tmp_path / "proxy.kubeconfig")
-        config = controller_config(proxied, namespace, watch_idle_timeout=2.0)
+        config = controller_config(proxied, namespace, watch_idle_timeout=IDLE)
         async with running_controller(config) as manager:
             proxy.stall_watches(existing=True, path_contains="/services")
             foreign = await api.create_svc(namespace, {
@@ -43,6 +47,7 @@ async def test_already_exists_is_requeued_never_overwritten(controlplane: Contro
                 return conflicts() >= 1
 
             await wait_for(got_409, timeout=30, what="the controller's POST to meet AlreadyExists")
+            proxy.resume()  # the held watch ends; the re-watch delivers the Service
             await api.wait_reason(namespace, "md-race", "NameConflict", timeout=60)
             now = await api.get_svc(namespace, "race-service")
             assert now is not None

@@ -25,6 +25,10 @@ from tests.harness import (
 
 pytestmark = pytest.mark.asyncio
 
+# Long enough that no relist (two silent watches) refreshes the stale cache before the write is made, on a
+# loaded machine; the proxy is resumed once the refusal is seen, and the watch then catches up.
+IDLE = 30.0
+
 
 def _count(manager: Manager, method: str, code: str) -> float:
     return float(sum(s.value for fam in manager.registry.collect() for s in fam.samples
@@ -36,7 +40,7 @@ async def test_patch_with_a_stale_resource_version_is_refused_and_retried(
         controlplane: ControlPlane, kubeconfig: str, namespace: str, tmp_path: Path) -> None:
     async with FaultProxy.for_controlplane(controlplane) as proxy, api_client(kubeconfig) as api:
         proxied = proxy.write_kubeconfig(tmp_path / "proxy.kubeconfig")
-        async with running_controller(controller_config(proxied, namespace, watch_idle_timeout=2.0)) as manager:
+        async with running_controller(controller_config(proxied, namespace, watch_idle_timeout=IDLE)) as manager:
             md = await api.create_md(namespace, module_deployment("md-rv", "rv"))
             await api.wait_svc(namespace, "rv-service")
             proxy.stall_watches(existing=True, path_contains="/services")
@@ -48,12 +52,13 @@ async def test_patch_with_a_stale_resource_version_is_refused_and_retried(
                 return _count(manager, "PATCH", "409") >= 1
 
             await wait_for(refused, timeout=30, what="a PATCH refused for its stale resourceVersion")
+            proxy.resume()  # the held watch ends; the re-watch brings the cache up to date
 
             def right(svc: JsonObj) -> bool:
                 return not service_problems(svc, module="rv", port=9090, owners=[md])
 
-            # After the relist (two silent watches) the retry carries the current version and lands; the
-            # other writer's annotation survives.
+            # With the cache current again the retry carries the current version and lands; the other
+            # writer's annotation survives.
             svc = await api.wait_svc(namespace, "rv-service", right, timeout=60)
             assert svc["metadata"]["annotations"]["team"] == "payments"
         proxy.resume()
@@ -63,7 +68,7 @@ async def test_delete_with_a_stale_uid_is_refused_and_the_new_service_survives(
         controlplane: ControlPlane, kubeconfig: str, namespace: str, tmp_path: Path) -> None:
     async with FaultProxy.for_controlplane(controlplane) as proxy, api_client(kubeconfig) as api:
         proxied = proxy.write_kubeconfig(tmp_path / "proxy.kubeconfig")
-        async with running_controller(controller_config(proxied, namespace, watch_idle_timeout=2.0)) as manager:
+        async with running_controller(controller_config(proxied, namespace, watch_idle_timeout=IDLE)) as manager:
             await api.create_md(namespace, module_deployment("md-uid", "uid"))
             await api.wait_svc(namespace, "uid-service")
             proxy.stall_watches(existing=True, path_contains="/services")
@@ -82,6 +87,7 @@ async def test_delete_with_a_stale_uid_is_refused_and_the_new_service_survives(
                 return _count(manager, "DELETE", "409") >= 1
 
             await wait_for(refused, timeout=30, what="a DELETE refused for its stale UID")
+            proxy.resume()  # the held watch ends; the re-watch brings the cache up to date
             await api.wait_reason(namespace, "md-uid", "ServiceDisabled", timeout=60)
             now = await api.get_svc(namespace, "uid-service")
             assert now is not None
