@@ -14,9 +14,9 @@ from contextlib import asynccontextmanager
 import anyio
 import pytest
 from aiohttp import web
-from kubernetes_asyncio.client import Configuration
 
 from controller.runtime.kube.client import JsonObj, KubeClient
+from controller.runtime.kube.config import Configuration
 from controller.runtime.kube.errors import TransportError
 
 pytestmark = pytest.mark.asyncio
