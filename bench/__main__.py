@@ -17,7 +17,7 @@ from pathlib import Path
 import anyio
 import orjson
 
-from . import burst, common, failover, idle, latency, memory, sidebyside, startup
+from . import burst, caches, common, failover, idle, latency, memory, sidebyside, startup
 from . import profile as profiler
 from .common import FULL, ROOT, SMOKE, BenchResult, Sizes, say, stop_everything
 from .report import Run, load_average, machine_facts, render, to_json
@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, Callable[[Sizes], Awaitable[BenchResult]]] = {
     "failover": failover.run,
     "vs-burst": sidebyside.run_burst,
     "vs-memory": sidebyside.run_memory,
+    "caches": caches.run,
 }
 
 

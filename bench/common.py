@@ -83,6 +83,11 @@ class Sizes:
     vs_memory_mds: int = 10_000
     vs_memory_pods: int = 30_000
     vs_runs: int = 3
+    caches_mds: int = 10_000
+    caches_module_pods: int = 30_000
+    caches_unrelated_pods: int = 100_000
+    caches_unrelated_services: int = 20_000
+    caches_namespaces: int = 10
 
 
 FULL = Sizes()
@@ -95,6 +100,8 @@ SMOKE = Sizes(
     failover_runs=1, failover_mds=10, failover_settings=((4.0, 3.0, 1.0),),
     profile_mds=200,
     vs_burst_mds=40, vs_memory_mds=60, vs_memory_pods=180, vs_runs=1,
+    caches_mds=100, caches_module_pods=300, caches_unrelated_pods=1000, caches_unrelated_services=200,
+    caches_namespaces=2,
 )
 
 

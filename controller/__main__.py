@@ -1,8 +1,9 @@
 """Command line: ``module-service-controller`` / ``python -m controller`` (architecture §7).
 
 Every flag can also come from an environment variable ``MSC_<FLAG_IN_UPPER_SNAKE_CASE>`` (for example
-``MSC_LEADER_ELECT=true``); a flag on the command line wins. Bad input or an unreachable API server
-prints one line to stderr and exits non-zero, never a traceback.
+``MSC_LEADER_ELECT=true``); a flag on the command line wins. A bad flag, variable or credentials file
+prints one line naming it and exits 2 before any connection; an unreachable API server or a runtime
+failure prints one line and exits 1; never a traceback.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, NoReturn
 
 from .config import Config, ConfigError
 from .run import run
+from .runtime.kube.credentials import check_credentials
 
 __all__ = ["main", "parse_args"]
 
@@ -72,6 +74,7 @@ _FLAGS: list[tuple[str, Any, Any, str]] = [
     ("log-level", str, "info", "debug, info, warning or error"),
     ("log-format", str, "json", "json or console"),
     ("watch-idle-timeout", _duration, 70.0, "drop a watch after this long without any event or bookmark"),
+    ("streaming-lists", None, False, "list through a WATCH with sendInitialEvents where the server supports it"),
     ("cache-sync-timeout", _duration, 120.0, "give up if the caches do not sync within this time"),
     ("shutdown-timeout", _duration, 25.0, "how long SIGTERM waits for in-flight reconciles"),
 ]
@@ -81,35 +84,61 @@ def _env_name(flag: str) -> str:
     return "MSC_" + flag.upper().replace("-", "_")
 
 
+_UNSET: Any = object()  # "not on the command line": then the variable, then the default, apply
+
+
 def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) -> argparse.Namespace:
     env = dict(os.environ if env is None else env)
     parser = _Parser(prog="module-service-controller",
                      description="Gives Koupleless ModuleDeployments their module Service.")
-    for flag, typ, flag_default, help_ in _FLAGS:
-        default = flag_default
-        env_value = env.get(_env_name(flag))
+    for flag, typ, _, help_ in _FLAGS:
         if typ is None:
-            if env_value is not None:
-                try:
-                    default = _bool(env_value)
-                except argparse.ArgumentTypeError as exc:
-                    parser.error(f"{_env_name(flag)}: {exc}")
-            parser.add_argument(f"--{flag}", nargs="?", const=True, default=default, type=_bool,
+            parser.add_argument(f"--{flag}", nargs="?", const=True, default=_UNSET, type=_bool,
                                 help=f"{help_} (env {_env_name(flag)})")
         else:
-            if env_value is not None:
-                try:
-                    default = typ(env_value)
-                except (argparse.ArgumentTypeError, ValueError) as exc:
-                    parser.error(f"{_env_name(flag)}: {exc}")
-            parser.add_argument(f"--{flag}", type=typ, default=default, help=f"{help_} (env {_env_name(flag)})")
-    env_ns = [n for n in env.get("MSC_NAMESPACE", "").split(",") if n.strip()]
+            parser.add_argument(f"--{flag}", type=typ, default=_UNSET, help=f"{help_} (env {_env_name(flag)})")
     parser.add_argument("--namespace", action="append", default=None,
-                        help="namespace to serve; repeatable; default all (env MSC_NAMESPACE, comma-separated)")
+                        help="namespace to serve; repeatable or comma-separated; default all "
+                             "(env MSC_NAMESPACE, comma-separated)")
     args = parser.parse_args(argv)
-    if args.namespace is None:
-        args.namespace = env_ns
+    # A flag on the command line wins: its variable is then not even parsed (README, Flags).
+    for flag, typ, flag_default, _ in _FLAGS:
+        dest = flag.replace("-", "_")
+        if getattr(args, dest) is not _UNSET:
+            continue
+        value = flag_default
+        env_value = env.get(_env_name(flag))
+        if env_value is not None:
+            try:
+                value = (typ or _bool)(env_value)
+            except (argparse.ArgumentTypeError, ValueError) as exc:
+                parser.error(f"{_env_name(flag)}: {exc}")
+        setattr(args, dest, value)
+    try:
+        if args.namespace is not None:
+            args.namespace = _namespaces(args.namespace, "--namespace")
+        else:
+            # An empty variable is an unset one (all namespaces); an empty --namespace is an error.
+            env_ns = env.get("MSC_NAMESPACE", "")
+            args.namespace = _namespaces([env_ns], "MSC_NAMESPACE") if env_ns.strip() else []
+    except ConfigError as exc:
+        parser.error(str(exc))
     return args
+
+
+def _namespaces(values: Sequence[str], source: str) -> list[str]:
+    """Splits comma-joined values; rejects empty ones (``--namespace=$UNSET`` would otherwise mean "all")
+    and duplicates, naming the value."""
+    out: list[str] = []
+    for value in values:
+        parts = [p.strip() for p in value.split(",")]
+        if not all(parts):
+            raise ConfigError(f"{source}: empty namespace in {value!r} (omit it to serve all namespaces)")
+        for part in parts:
+            if part in out:
+                raise ConfigError(f"{source}: namespace {part!r} is given twice")
+            out.append(part)
+    return out
 
 
 def _pod_namespace() -> str | None:
@@ -133,9 +162,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             metrics_secure=args.metrics_secure, metrics_cert_dir=args.metrics_cert_dir,
             health_probe_bind_address=args.health_probe_bind_address,
             module_label_prefix=args.module_label_prefix, log_level=args.log_level, log_format=args.log_format,
-            watch_idle_timeout=args.watch_idle_timeout, cache_sync_timeout=args.cache_sync_timeout,
+            watch_idle_timeout=args.watch_idle_timeout, streaming_lists=args.streaming_lists,
+            cache_sync_timeout=args.cache_sync_timeout,
             shutdown_timeout=args.shutdown_timeout,
         )
+        check_credentials(config.kubeconfig, os.environ)  # before any connection
     except ConfigError as exc:
         print(f"module-service-controller: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -26,9 +26,11 @@ from .moduleservice.mapping import (
     ServiceKey,
     md_keys,
     md_module,
+    pod_in_scope,
     pod_keys,
     pod_modules,
     pod_relevant_change,
+    service_in_scope,
     service_key,
 )
 from .moduleservice.reconcile import (
@@ -122,7 +124,8 @@ class Manager:
                     identity=self.identity, lease_duration=config.lease_duration,
                     renew_deadline=config.renew_deadline, retry_period=config.retry_period,
                 ),
-                KubeLeaseApi(client, timeout=max(config.renew_deadline / 2, 1.0)),
+                # A lane of its own: the renewal must never wait behind writes, LISTs or Events.
+                KubeLeaseApi(client.dedicated(max_connections=2), timeout=max(config.renew_deadline / 2, 1.0)),
                 on_change=lambda leading: self.metrics.set_leader(config.leader_elect_name, leading),
             )
             self.metrics.init_leader(config.leader_elect_name)
@@ -137,17 +140,19 @@ class Manager:
         enqueue_pod = _Enqueue(self.queue, self._seen, lambda o, n: pod_keys(o, n, prefix),
                                lambda o, n: pod_relevant_change(o, n, prefix))
         self.informers: list[Informer] = []
-        for resource, store, handler, transform in (
-            (MODULE_DEPLOYMENTS, self.mds, enqueue_md, slim_md),
-            (SERVICES, self.services, enqueue_svc, slim_service),
-            (PODS, self.pods, enqueue_pod, slim_pod),
+        # Only Pods with a module label and Services named like ours are cached: memory follows the
+        # modules, not the cluster (issue 10). Selectors cannot express either rule, so it is client-side.
+        for resource, store, handler, transform, keep in (
+            (MODULE_DEPLOYMENTS, self.mds, enqueue_md, slim_md, None),
+            (SERVICES, self.services, enqueue_svc, slim_service, service_in_scope),
+            (PODS, self.pods, enqueue_pod, slim_pod, lambda p: pod_in_scope(p, prefix)),
         ):
-            self.informers.extend(self._informers(resource, store, handler, transform))
+            self.informers.extend(self._informers(resource, store, handler, transform, keep))
         self.healthz = HealthChecks()
         self.readyz = HealthChecks()
         self.healthz.add("ping", lambda: None)
         for inf in self.informers:
-            self.healthz.add(f"watch-{inf.resource.plural}-{inf.namespace or 'all'}", self._watch_check(inf))
+            self.healthz.add(f"informer-{inf.resource.plural}-{inf.namespace or 'all'}", _wedged_check(inf))
             self.readyz.add(f"synced-{inf.resource.plural}-{inf.namespace or 'all'}", _synced_check(inf))
         if self.elector is not None:
             elector = self.elector
@@ -162,26 +167,16 @@ class Manager:
         return self.elector is None or self.elector.is_leader
 
     def _informers(self, resource: Resource, store: Store, handler: EventHandler,
-                   transform: Callable[[JsonObj], JsonObj]) -> list[Informer]:
+                   transform: Callable[[JsonObj], JsonObj],
+                   keep: Callable[[JsonObj], bool] | None) -> list[Informer]:
         scopes: list[str | None] = list(self.config.namespaces) or [None]
         return [
             Informer(self.client, resource, store=store, namespace=ns, handlers=[handler], transform=transform,
                      metrics=self.metrics.informer_metrics(resource.plural),
-                     idle_timeout=self.config.watch_idle_timeout)
+                     idle_timeout=self.config.watch_idle_timeout, keep=keep,
+                     stream_lists=self.config.streaming_lists)
             for ns in scopes
         ]
-
-    def _watch_check(self, inf: Informer) -> Callable[[], str | None]:
-        # A live watch shows a sign of life (an event, a bookmark ~every 60 s, or a relist) at least every
-        # idle_timeout; twice that plus slack means the loop is wedged or every re-watch stays silent.
-        limit = 2 * inf.idle_timeout + 5
-
-        def check() -> str | None:
-            stalled = inf.stalled_for()
-            if stalled > limit:
-                return f"no progress for {stalled:.0f}s (last error: {inf.last_error})"
-            return None
-        return check
 
     # ------------------------------------------------------------------ run
     async def run(self) -> None:
@@ -358,6 +353,20 @@ class Manager:
             log.warning("reconciled", **fields)
         else:
             log.info("reconciled", **fields)
+
+
+def _wedged_check(inf: Informer) -> Callable[[], str | None]:
+    # Liveness follows controller-runtime: the process is not wedged. An API outage or a silent watch must
+    # not fail it (a restart cannot help, and a restarted process that finds the API down exits 1); the
+    # informer relists after two silent watches and backs off on errors, and each attempt is a turn.
+    limit = 2 * inf.step_limit
+
+    def check() -> str | None:
+        wedged = inf.wedged_for()
+        if wedged > limit:
+            return f"informer loop has not turned for {wedged:.0f}s (last error: {inf.last_error})"
+        return None
+    return check
 
 
 def _synced_check(inf: Informer) -> Callable[[], str | None]:

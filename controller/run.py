@@ -21,16 +21,19 @@ __all__ = ["run"]
 log = structlog.get_logger(__name__)
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = 1) -> int:
     print(f"module-service-controller: error: {message}", file=sys.stderr)
-    return 1
+    return code
 
 
 async def _main(config: Config) -> int:
     try:
         configuration = await load_configuration(config.kubeconfig)
     except Exception as exc:  # kubernetes-asyncio raises assorted types for bad kubeconfigs
-        return _fail(f"cannot load Kubernetes credentials: {type(exc).__name__}: {str(exc)[:200]}")
+        # Usually caught earlier by check_credentials, with the file named; a usage error either way.
+        source = config.kubeconfig or "in-cluster/$KUBECONFIG/~/.kube/config"
+        return _fail(f"cannot load Kubernetes credentials from {source}: {type(exc).__name__}: "
+                     f"{str(exc)[:200]}", code=2)
     async with KubeClient(configuration, timeout=config.request_timeout) as client:
         try:
             version = await client.request("GET", "/version", timeout=10)

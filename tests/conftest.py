@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import tempfile
 import urllib.error
 import uuid
@@ -32,6 +33,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.e2e)
         elif "node" in parts:
             item.add_marker(pytest.mark.node)
+
+
+@pytest.fixture
+def seed(request: pytest.FixtureRequest) -> int:
+    """A random seed for a randomised test: ``MSC_TEST_SEED`` replays one. It is attached to the test's
+    report, so a failure shows it without ``-s``."""
+    value = int(os.environ.get("MSC_TEST_SEED") or random.randrange(2**32))
+    request.node.add_report_section("setup", "seed", f"reproduce with MSC_TEST_SEED={value}")
+    return value
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,12 @@ __all__ = [
     "ServiceKey",
     "md_keys",
     "md_module",
+    "pod_in_scope",
     "pod_keys",
     "pod_modules",
     "pod_ready",
     "pod_relevant_change",
+    "service_in_scope",
     "service_key",
 ]
 
@@ -55,6 +57,17 @@ def service_key(svc: Mapping[str, Any]) -> ServiceKey | None:
     name = str((svc.get("metadata") or {}).get("name") or "")
     # Only names we could ever own; a foreign Service with such a name matters (NameConflict).
     return ServiceKey(_ns(svc), name) if name.endswith(SERVICE_SUFFIX) else None
+
+
+def service_in_scope(svc: Mapping[str, Any]) -> bool:
+    """Whether the Service cache keeps it: only names we could ever own."""
+    return service_key(svc) is not None
+
+
+def pod_in_scope(pod: Mapping[str, Any], label_prefix: str) -> bool:
+    """Whether the Pod cache keeps it: only Pods with at least one module label; the rest of a large
+    cluster's Pods would otherwise decide the controller's memory."""
+    return next(pod_modules(pod, label_prefix), None) is not None
 
 
 def pod_modules(pod: Mapping[str, Any], label_prefix: str) -> Iterator[tuple[str, str]]:

@@ -67,7 +67,7 @@ CONVERGENCE_BUCKETS: Final = (
 )
 
 INFORMER_RESOURCES: Final = ("moduledeployments", "services", "pods")
-RELIST_REASONS: Final = ("initial", "gone", "error")
+RELIST_REASONS: Final = ("initial", "gone", "error", "stall")
 WATCH_ERROR_KINDS: Final = ("stall", "transport", "api")
 EVENT_TYPES: Final = ("ADDED", "MODIFIED", "DELETED", "BOOKMARK")
 # Anything outside the fixed sets is folded into one value rather than minting new series.
@@ -310,7 +310,7 @@ class Metrics:
             "informer_watch_starts_total", "WATCH streams opened by the informer.", res, registry=r
         )
         self.informer_relists = Counter(
-            "informer_relists_total", "LISTs by cause (initial, gone = 410, error).",
+            "informer_relists_total", "LISTs by cause (initial, gone = 410, error, stall = two silent watches).",
             ["resource", "reason"], registry=r,
         )
         self.informer_watch_gone = Counter(

@@ -337,8 +337,10 @@ class TestThrottlingAndServerErrors:
 # ---------------------------------------------------------------------------------------------- (d) stalled watch
 class TestStalledWatch:
     """(d) The proxy keeps watches open without a byte of data: each informer detects the stall within its
-    inactivity timeout and re-watches, /healthz fails naming the watch checks while they stay stuck, and
-    after the proxy resumes everything converges and /healthz is 200 again."""
+    inactivity timeout and re-watches; after two silent watches in a row it relists (issue 10: liveness
+    follows controller-runtime), so changes made while the watches are stuck still converge and /healthz
+    stays 200 (the process is not wedged; a restart could not help). After the proxy resumes, the watches
+    carry the changes again."""
 
     IDLE = 2.0
 
@@ -355,9 +357,11 @@ class TestStalledWatch:
                 first = await api.create_md(ns, module_deployment("d1", "d1"))
                 await api.wait_converged(ns, [first], timeout=30)
 
+                def counts(name: str, **labels: str) -> dict[str, float]:
+                    return {r: metric(manager, name, resource=r, **labels) for r in INFORMER_RESOURCES}
+
                 def stalls() -> dict[str, float]:
-                    return {r: metric(manager, "informer_watch_errors_total", resource=r, kind="stall")
-                            for r in INFORMER_RESOURCES}
+                    return counts("informer_watch_errors_total", kind="stall")
 
                 async def stalled_since(before: dict[str, float]) -> bool:
                     now = stalls()
@@ -365,6 +369,7 @@ class TestStalledWatch:
 
                 # Phase 1: headers, then silence, on every watch (also the ones already streaming).
                 before, held_before = stalls(), proxy.stats.stalled_watches
+                relists_before = counts("informer_relists_total", reason="stall")
                 started = time.monotonic()
                 proxy.stall_watches(existing=True)
                 await wait_for(lambda: stalled_since(before), timeout=idle + 10, what="every informer to see a stall")
@@ -376,24 +381,24 @@ class TestStalledWatch:
 
                 await wait_for(rewatched, timeout=idle + 10, what="the informers to re-watch")
 
-                # Changes made while the watches are stuck stay invisible to the controller...
+                # Changes made while the watches are stuck reach the controller through the relist that
+                # follows the second silent watch (LISTs pass the proxy; only watches are held).
                 second = await api.create_md(ns, module_deployment("d2", "d2"))
                 await api.create_pod(ns, "d2-pod", {"module.koupleless.alipay.com/d2": "true"})
 
-                async def unhealthy() -> str | None:
-                    got = await http_get(healthz)
-                    if got is None or got[0] != 500:
-                        return None
-                    failing = all(f"[-]watch-{r}-{ns} failed" in got[1] for r in INFORMER_RESOURCES)
-                    return got[1] if failing else None
+                async def relisted() -> bool:
+                    now = counts("informer_relists_total", reason="stall")
+                    return all(now[r] > relists_before[r] for r in INFORMER_RESOURCES)
 
-                # ...and /healthz says so, naming every stuck watch, within 2 x idle + 5 s of the stall
-                # (plus slack for a loaded machine).
-                body = await wait_for(unhealthy, timeout=2 * idle + 5 + 10, what="/healthz 500 naming every watch",
-                                      interval=0.2)
-                assert time.monotonic() - started <= 2 * idle + 5 + 5, body
-                assert "no event or bookmark" in body, body
-                assert await api.get_svc(ns, "d2-service") is None, "the watches were not stuck after all"
+                await wait_for(relisted, timeout=4 * idle + 20, what="every informer to relist after two stalls")
+                await api.wait_converged(ns, [first, second], timeout=4 * idle + 30)
+                # Liveness is not tied to the API server: 200 for longer than the old 2 x idle + 5 s limit.
+                window_end = started + 2 * idle + 5 + 5
+                while time.monotonic() < window_end:
+                    got = await http_get(healthz)
+                    assert got is not None
+                    assert got[0] == 200, got
+                    await anyio.sleep(0.2)
                 assert proxy.stats.stalled_watches > held_before + len(INFORMER_RESOURCES), \
                     "the informers stopped re-watching while stuck"
 
@@ -637,10 +642,8 @@ class TestApiServerKilled:
 
     OUTAGE = 2.0  # seconds the API server stays dead each time, on top of its restart time
 
-    async def test_kill_and_restart_during_churn(self, fcp: ControlPlane, fault_ns: str) -> None:
+    async def test_kill_and_restart_during_churn(self, fcp: ControlPlane, fault_ns: str, seed: int) -> None:
         ns = fault_ns
-        seed = random.randrange(2**32)
-        print(f"seed={seed}")
         rng = random.Random(seed)
         names = [f"a{i}" for i in range(200)]
         ops: list[tuple[str, str, int]] = [("create", n, 8080) for n in names]
@@ -774,10 +777,9 @@ class TestLeaderChurn:
     DURATION = 60.0  # seconds of faults and churn
     LEASE = LeaseSettings(lease_duration=4.0, renew_deadline=3.0, retry_period=1.0)
 
-    async def test_random_leader_kills_during_churn(self, fcp: ControlPlane, fault_ns: str, tmp_path: Path) -> None:
+    async def test_random_leader_kills_during_churn(self, fcp: ControlPlane, fault_ns: str, tmp_path: Path,
+                                                    seed: int) -> None:
         ns, kubeconfig = fault_ns, str(fcp.kubeconfig)
-        seed = random.randrange(2**32)
-        print(f"seed={seed}")
         faults, changes = random.Random(seed), random.Random(seed + 1)
         died_at: dict[str, float] = {}
         kills: list[str] = []

@@ -5,9 +5,9 @@
   until the test binds the controller's shipped RBAC rules (manifests/rbac/role.yaml) in the namespace.
 - ``/healthz``: the process reaches the API server through a TCP proxy the test can freeze: every
   connection stays open but no byte moves (a half-open stream, as after a silent network partition).
-  With ``--watch-idle-timeout 2s`` the watch check must fail within 2 x idle + 5 s (plus the probe's
-  own poll) and recover once the proxy thaws; the namespace is kept busy so that a healthy watch
-  does see events within the idle timeout.
+  Liveness follows controller-runtime (issue 10): the process is not wedged, so /healthz stays 200
+  through the partition (a restart cannot help), while the informers re-watch, relist after two silent
+  watches, and recover once the proxy thaws.
 """
 
 from __future__ import annotations
@@ -88,8 +88,8 @@ class TestProbes:
             await wait_services_exact(api, namespace, {"ready": Wanted.of(md, 8080)}, timeout=30)
             print(f"\n[e2e g] /readyz 200 {ready_after:.1f}s after the RBAC grant")
 
-    async def test_g_healthz_fails_while_a_watch_is_stuck(self, controlplane: ControlPlane, kubeconfig: str,
-                                                          namespace: str, tmp_path: Path) -> None:
+    async def test_g_healthz_stays_200_while_the_api_is_partitioned(
+            self, controlplane: ControlPlane, kubeconfig: str, namespace: str, tmp_path: Path) -> None:
         args = ["--watch-idle-timeout", f"{IDLE:g}s"]
         async with api_client(kubeconfig) as api, freezable_proxy(controlplane.server) as proxy, \
                 controller_processes(kubeconfig, namespace, tmp_path, leader_elect=False, args=args) as group, \
@@ -106,10 +106,6 @@ class TestProbes:
             proxied = write_kubeconfig(kubeconfig, tmp_path / "proxied.kubeconfig", server=proxy.url)
             proc = await group.start_ready(kubeconfig=proxied)
 
-            async def healthz(status: int) -> tuple[int, str] | None:
-                got = await group.probe(proc, "/healthz?verbose")
-                return got if got is not None and got[0] == status else None
-
             # A live stream stays healthy for longer than the check's limit (an observation window, every
             # probe must pass).
             limit = 2 * IDLE + 5
@@ -120,26 +116,33 @@ class TestProbes:
                 await anyio.sleep(0.5)
 
             frozen = time.monotonic()
+            before = await group.scrape(proc)
+            relists_before = before.value("informer_relists_total", resource="moduledeployments", reason="stall") or 0
             proxy.freeze()
-            failed = await wait_for(lambda: healthz(500), timeout=limit + 5, what="/healthz 500", interval=0.2)
-            failed_after = time.monotonic() - frozen
-            assert f"[-]watch-moduledeployments-{namespace} failed: no progress for" in failed[1]
-            assert "[+]ping ok" in failed[1]
-            # Still ready: the caches are synced, only stale.
+
+            async def relisting() -> bool:  # a relist after two silent watches was at least attempted
+                metrics = await group.scrape(proc)
+                value = metrics.value("informer_relists_total", resource="moduledeployments", reason="stall")
+                return (value or 0) > relists_before
+
+            await wait_for(relisting, timeout=4 * IDLE + 20, what="a relist after two silent watches", interval=0.2)
+            # 200 all along, for longer than the old limit (2 x idle + 5 s) plus margin: an API partition
+            # is no reason to restart. Still ready too: the caches are synced, only stale.
+            window_end = frozen + limit + 5
+            while time.monotonic() < window_end:
+                assert await group.probe(proc, "/healthz") == (200, "ok")
+                await anyio.sleep(0.5)
             assert await group.probe(proc, "/readyz") == (200, "ok")
             assert proc.alive
 
             proxy.thaw()
             thawed = time.monotonic()
-            await wait_for(lambda: healthz(200), timeout=30, what="/healthz 200 again", interval=0.2)
-            recovered_after = time.monotonic() - thawed
             # And it works again: a port change reaches the Service and the status.
             md = await api.patch_md(namespace, "md-heartbeat", service_strategy(port=9090))
             await api.wait_converged(namespace, [md], timeout=30)
+            recovered_after = time.monotonic() - thawed
             tg.cancel_scope.cancel()
-            print(f"\n[e2e g] stuck watch: /healthz 500 {failed_after:.1f}s after the freeze "
-                  f"(idle timeout {IDLE:g}s, check limit {limit:g}s); 200 again {recovered_after:.1f}s after the thaw")
-            assert failed_after > IDLE
+            print(f"\n[e2e g] frozen API: /healthz 200 throughout; converged {recovered_after:.1f}s after the thaw")
 
 
 async def _heartbeat(api: Api, namespace: str) -> None:

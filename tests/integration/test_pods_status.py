@@ -19,7 +19,8 @@ async def _counts(api: Api, ns: str, pods: int, ready: int) -> JsonObj:
 class TestPodCounts:
     async def test_counts_follow_labels_readiness_and_deletion(self, kubeconfig: str, namespace: str) -> None:
         key = f"{LABEL_PREFIX}pods-mod"
-        async with api_client(kubeconfig) as api, running_controller(controller_config(kubeconfig, namespace)):
+        async with api_client(kubeconfig) as api, \
+                running_controller(controller_config(kubeconfig, namespace)) as manager:
             await api.create_md(namespace, module_deployment("md-pods", "pods-mod"))
             await _counts(api, namespace, 0, 0)
             svc = await api.get_svc(namespace, "pods-mod-service")
@@ -52,6 +53,15 @@ class TestPodCounts:
             await _counts(api, namespace, 1, 1)
 
             await api.delete_pod(namespace, "p4")
+            await _counts(api, namespace, 0, 0)
+
+            # A Pod with no module label is not cached (issue 10); it counts once it gains one.
+            await api.create_pod(namespace, "p5", {"app": "plain"})
+            await api.patch_pod(namespace, "p5", {"metadata": {"labels": {key: "true"}}})
+            await _counts(api, namespace, 1, 0)
+            # Watch events arrive in order, so every earlier Pod change is in the cache by now.
+            assert sorted(manager.pods.keys()) == [f"{namespace}/p2", f"{namespace}/p3", f"{namespace}/p5"]
+            await api.patch_pod(namespace, "p5", {"metadata": {"labels": {key: None}}})
             await _counts(api, namespace, 0, 0)
 
             # Pods feed the status only: the Service itself was never written.

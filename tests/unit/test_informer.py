@@ -214,6 +214,17 @@ async def serving(fake: FakeApiServer) -> AsyncIterator[KubeClient]:
 
 
 # ---------------------------------------------------------------------------------------------- informer
+class _NoMetricsForTest:
+    def list(self) -> None: ...
+    def watch_start(self) -> None: ...
+    def relist(self, reason: str) -> None: ...
+    def gone(self) -> None: ...
+    def watch_error(self, kind: str) -> None: ...
+    def event(self, type: str) -> None: ...
+    def objects(self, n: int) -> None: ...
+    def synced(self, b: bool) -> None: ...
+
+
 @dataclass
 class CountingBackoff(Backoff):
     calls: int = field(default=0, init=False)
@@ -280,8 +291,10 @@ class TestInitialList:
             async with serving(fake) as client, anyio.create_task_group() as tg:
                 inf, _ = make_informer(client, rec, page_size=2)
                 await tg.start(inf.run)
+                # The first page from any cached state (RV=0); continued pages repeat no resourceVersion.
                 assert [r.query for r in fake.lists] == [
-                    {"limit": "2"}, {"limit": "2", "continue": "2"}, {"limit": "2", "continue": "4"}]
+                    {"limit": "2", "resourceVersion": "0"}, {"limit": "2", "continue": "2"},
+                    {"limit": "2", "continue": "4"}]
                 assert all(r.path == PATH for r in fake.lists)
                 assert sorted(inf.store.keys()) == [f"{NS}/{n}" for n in "abcde"]
                 assert rec.calls == [("add", f"{NS}/{n}", str(10 + i)) for i, n in enumerate("abcde")]
@@ -296,7 +309,8 @@ class TestInitialList:
             async with serving(fake) as client, anyio.create_task_group() as tg:
                 inf, _ = make_informer(client, rec, page_size=2)
                 await tg.start(inf.run)
-                assert [r.query for r in fake.lists] == [{"limit": "2"}, {"limit": "2", "continue": "2"}, {}]
+                assert [r.query for r in fake.lists] == [
+                    {"limit": "2", "resourceVersion": "0"}, {"limit": "2", "continue": "2"}, {}]
                 assert [c[1] for c in rec.calls] == [f"{NS}/{n}" for n in "abc"]
                 tg.cancel_scope.cancel()
 
@@ -919,3 +933,340 @@ class TestGarbledResponses:
             with anyio.fail_after(DEADLINE), pytest.raises(TransportError, match="not a list"):
                 await informer._list("initial")
         assert store.keys() == [f"{NS}/a"]
+
+
+class TestScope:
+    """Issue 10, defect 1: the scope check that prunes vanished objects on a relist must agree with the
+    path the informer lists, for every namespace value, or a relist after a 410 never deletes anything."""
+
+    pytestmark = pytest.mark.asyncio
+
+    @pytest.mark.parametrize("namespace", ["", None])
+    async def test_cluster_wide_relist_prunes_vanished_objects(self, namespace: str | None) -> None:
+        fake = FakeApiServer([pod("a", 10), pod("b", 11)], rv=100)
+        fake.app.router.add_get(PODS.path(), fake._handle)  # the cluster-wide path serves the same table
+        fake.script(fake.http_error(410, "Expired", before=lambda: fake.set_objects([pod("a", 10)], rv=140)))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf = Informer(client, PODS, store=Store(), namespace=namespace, handlers=[rec], page_size=2)
+                inf._backoff = CountingBackoff(initial=0.01, cap=0.05)
+                await tg.start(inf.run)
+                first = await fake.next_list()
+                assert first.path == PODS.path()
+                await fake.next_watch()
+                await fake.next_list()
+                await fake.next_watch()
+                assert rec.calls == [("add", f"{NS}/a", "10"), ("add", f"{NS}/b", "11"), ("delete", f"{NS}/b", "11")]
+                assert sorted(inf.store.keys()) == [f"{NS}/a"]
+                tg.cancel_scope.cancel()
+
+
+class TestRelistPolicy:
+    """Issue 10, risks "liveness" and "relists": silence relists, a 410 backs off, the loop's heartbeat does
+    not depend on the API server, and LISTs use client-go's resourceVersion semantics."""
+
+    pytestmark = pytest.mark.asyncio
+
+    async def test_two_silent_watches_relist_not_older_than_the_last_rv(self) -> None:
+        fake = FakeApiServer([pod("a", 10)], rv=100)
+        fake.script(fake.silent(), fake.silent())
+        rec = Recorder()
+        relists: list[str] = []
+
+        class Metrics(_NoMetricsForTest):
+            def relist(self, reason: str) -> None:
+                relists.append(reason)
+
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, backoff = make_informer(client, rec, idle_timeout=0.3)
+                inf.metrics = Metrics()
+                await tg.start(inf.run)
+                first_list_at = inf.last_activity
+                await fake.next_list()
+                await fake.next_watch()
+                await fake.next_watch()
+                relist = await fake.next_list()
+                assert relist.query == {"limit": "2", "resourceVersion": "100",
+                                        "resourceVersionMatch": "NotOlderThan"}
+                await fake.next_watch()
+                assert relists == ["stall"]
+                assert backoff.calls == 0
+                assert inf.last_activity > first_list_at  # the successful relist is progress
+                tg.cancel_scope.cancel()
+
+    async def test_one_silent_watch_does_not_relist(self) -> None:
+        fake = FakeApiServer([pod("a", 10)], rv=100)
+
+        async def one_event_then_silence(s: WatchStream) -> None:
+            await s.send("ADDED", pod("b", 101))
+            await s.hold()
+
+        fake.script(fake.silent(), fake.stream(one_event_then_silence), fake.silent())
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, _ = make_informer(client, rec, idle_timeout=1.0)
+                await tg.start(inf.run)
+                await fake.next_list()
+                for _ in range(3):  # silent (1), an event resets the count, silent (1): a 3rd watch, no list
+                    await fake.next_watch()
+                assert len(fake.lists) == 1
+                relist = await fake.next_list()  # the 3rd watch is silent too: two in a row
+                assert relist.query["resourceVersionMatch"] == "NotOlderThan"
+                tg.cancel_scope.cancel()
+
+    async def test_410_relists_after_a_backoff(self) -> None:
+        fake = FakeApiServer([pod("a", 10)], rv=100)
+        fake.script(fake.http_error(410, "Expired"), fake.http_error(410, "Expired"))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, backoff = make_informer(client, rec)
+                await tg.start(inf.run)
+                await fake.next_list()
+                await fake.next_watch()
+                relist = await fake.next_list()
+                assert relist.query == {"limit": "2"}  # our RV is gone: the latest state
+                await fake.next_watch()
+                await fake.next_list()
+                assert backoff.calls == 2
+                assert backoff._current == pytest.approx(0.02)  # doubled: consecutive 410s slow down
+                tg.cancel_scope.cancel()
+
+    async def test_relist_with_an_expired_rv_falls_back_to_the_latest_state(self) -> None:
+        fake = FakeApiServer([pod("a", 10)], rv=100)
+        fake.script(fake.http_error(500, "InternalError"))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, _ = make_informer(client, rec)
+                await tg.start(inf.run)
+                await fake.next_list()
+                fake.list_errors.append(410)
+                await fake.next_watch()
+                relist = await fake.next_list()
+                assert relist.query["resourceVersionMatch"] == "NotOlderThan"
+                latest = await fake.next_list()
+                assert latest.query == {"limit": "2"}
+                await fake.next_watch()
+                tg.cancel_scope.cancel()
+
+    async def test_the_loop_turns_while_the_api_server_is_down(self) -> None:
+        fake = FakeApiServer([pod("a", 10)], rv=100)
+        fake.script(fake.http_error(500, "InternalError"))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, backoff = make_informer(client, rec)
+                await tg.start(inf.run)
+                await fake.next_list()
+                fake.list_errors.extend([503] * 5)
+                await fake.next_watch()
+                for _ in range(6):
+                    await fake.next_list()
+                # Every failed attempt is a turn of the loop: not wedged, although nothing succeeds.
+                assert inf.wedged_for() < 1.0
+                assert inf.stalled_for() >= 0
+                assert backoff.calls >= 5
+                assert inf.step_limit >= 120
+                tg.cancel_scope.cancel()
+
+
+class TestKeep:
+    """Issue 10, risk "caches hold what does not matter": only kept objects are stored, and moving into or
+    out of scope reaches the handlers as an add or a delete, on the watch and across a relist."""
+
+    pytestmark = pytest.mark.asyncio
+
+    async def test_only_kept_objects_are_stored_and_scope_changes_notify(self) -> None:
+        fake = FakeApiServer([pod("a", 10, module="m"), pod("b", 11), pod("x", 12)], rv=100)
+        done = anyio.Event()
+
+        async def script(s: WatchStream) -> None:
+            await s.send("MODIFIED", pod("b", 101, module="m"))  # gains a module label: an add
+            await s.send("MODIFIED", pod("a", 102))  # loses its last one: a delete
+            await s.send("ADDED", pod("c", 103))  # never in scope: nothing
+            await s.send("MODIFIED", pod("x", 104))  # still out of scope: nothing
+            await s.send("DELETED", pod("c", 105))  # deleted while out of scope: nothing
+            await s.send("MODIFIED", pod("b", 106, module="m", note="1"))  # in scope: an update
+            done.set()
+            await s.hold()
+
+        fake.script(fake.stream(script))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, _ = make_informer(client, rec)
+                inf.keep = lambda o: bool(list(modules_of(o)))
+                await tg.start(inf.run)
+                assert sorted(inf.store.keys()) == [f"{NS}/a"]
+                await done.wait()
+                await rec.wait_calls(4)
+                assert rec.calls == [("add", f"{NS}/a", "10"), ("add", f"{NS}/b", "101"),
+                                     ("delete", f"{NS}/a", "10"), ("update", f"{NS}/b", "106")]
+                assert sorted(inf.store.keys()) == [f"{NS}/b"]
+                tg.cancel_scope.cancel()
+
+    async def test_relist_deletes_what_left_scope_during_the_gap(self) -> None:
+        fake = FakeApiServer([pod("a", 10, module="m"), pod("b", 11)], rv=100)
+        fake.script(fake.http_error(410, "Expired", before=lambda: fake.set_objects(
+            [pod("a", 120), pod("b", 121, module="m")], rv=130)))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, _ = make_informer(client, rec)
+                inf.keep = lambda o: bool(list(modules_of(o)))
+                await tg.start(inf.run)
+                await fake.next_list()
+                await fake.next_watch()
+                await fake.next_list()
+                await fake.next_watch()
+                assert rec.calls == [("add", f"{NS}/a", "10"), ("add", f"{NS}/b", "121"), ("delete", f"{NS}/a", "10")]
+                assert sorted(inf.store.keys()) == [f"{NS}/b"]
+                tg.cancel_scope.cancel()
+
+
+class TestStreamingList:
+    """Issue 10, risk "relists": a streaming list (WATCH with sendInitialEvents) replaces the LIST where the
+    server supports it; a server that rejects or ignores it gets a LIST."""
+
+    pytestmark = pytest.mark.asyncio
+
+    @staticmethod
+    def end_marker(rv: int) -> JsonObj:
+        return {"kind": "Pod", "apiVersion": "v1",
+                "metadata": {"resourceVersion": str(rv), "annotations": {"k8s.io/initial-events-end": "true"}}}
+
+    async def test_initial_events_then_the_same_stream_is_the_watch(self) -> None:
+        fake = FakeApiServer([], rv=100)
+        delivered = anyio.Event()
+
+        async def stream(s: WatchStream) -> None:
+            await s.send("ADDED", pod("a", 10, module="m"))
+            await s.send("ADDED", pod("b", 11))
+            await s.send("BOOKMARK", self.end_marker(100))
+            await s.send("MODIFIED", pod("a", 101, module="m"))
+            delivered.set()
+            await s.hold()
+
+        fake.script(fake.stream(stream))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, _ = make_informer(client, rec)
+                inf.stream_lists = True
+                await tg.start(inf.run)
+                assert inf.has_synced
+                assert sorted(inf.store.keys()) == [f"{NS}/a", f"{NS}/b"]
+                await delivered.wait()
+                await rec.wait_calls(3)
+                assert fake.lists == []  # no LIST at all
+                assert len(fake.watches) == 1
+                q = fake.watches[0].query
+                assert q["sendInitialEvents"] == "true"
+                assert q["resourceVersionMatch"] == "NotOlderThan"
+                assert q["resourceVersion"] == ""
+                assert q["allowWatchBookmarks"] == "true"
+                assert rec.calls == [("add", f"{NS}/a", "10"), ("add", f"{NS}/b", "11"), ("update", f"{NS}/a", "101")]
+                assert inf.resource_version == "101"
+                tg.cancel_scope.cancel()
+
+    async def test_rejected_parameters_fall_back_to_list(self) -> None:
+        fake = FakeApiServer([pod("a", 10)], rv=100)
+        fake.script(fake.http_error(422, "Invalid"))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, _ = make_informer(client, rec)
+                inf.stream_lists = True
+                await tg.start(inf.run)
+                assert [r.query.get("sendInitialEvents") for r in fake.watches] == ["true"]
+                assert len(fake.lists) == 1
+                watch = await fake.next_watch()
+                watch = await fake.next_watch()  # the plain watch after the LIST
+                assert "sendInitialEvents" not in watch.query
+                assert inf.stream_lists is False
+                tg.cancel_scope.cancel()
+
+    async def test_ignored_parameters_fall_back_to_list(self) -> None:
+        # An older server treats it as a plain watch: a bookmark without the annotation comes first.
+        fake = FakeApiServer([pod("a", 10)], rv=100)
+
+        async def plain(s: WatchStream) -> None:
+            await s.bookmark(150)
+            await s.hold()
+
+        fake.script(fake.stream(plain))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, _ = make_informer(client, rec)
+                inf.stream_lists = True
+                await tg.start(inf.run)
+                assert len(fake.lists) == 1
+                assert rec.calls == [("add", f"{NS}/a", "10")]
+                assert inf.stream_lists is False
+                tg.cancel_scope.cancel()
+
+    async def test_relist_after_410_streams_again_and_prunes(self) -> None:
+        fake = FakeApiServer([], rv=100)
+
+        async def first(s: WatchStream) -> None:
+            await s.send("ADDED", pod("a", 10))
+            await s.send("ADDED", pod("b", 11))
+            await s.send("BOOKMARK", self.end_marker(100))
+            await s.error(410, "Expired", "too old")
+
+        async def second(s: WatchStream) -> None:
+            await s.send("ADDED", pod("a", 10))
+            await s.send("BOOKMARK", self.end_marker(200))
+            await s.hold()
+
+        fake.script(fake.stream(first), fake.stream(second))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, _ = make_informer(client, rec)
+                inf.stream_lists = True
+                await tg.start(inf.run)
+                await fake.next_watch()
+                again = await fake.next_watch()
+                assert again.query["sendInitialEvents"] == "true"
+                assert again.query["resourceVersion"] == ""  # after a 410: the latest state
+                await rec.wait_calls(3)
+                assert rec.calls == [("add", f"{NS}/a", "10"), ("add", f"{NS}/b", "11"), ("delete", f"{NS}/b", "11")]
+                assert fake.lists == []
+                tg.cancel_scope.cancel()
+
+
+class TestStreamingListFallbackOnSilence:
+    pytestmark = pytest.mark.asyncio
+
+    async def test_no_end_marker_lists_once_and_twice_in_a_row_for_good(self) -> None:
+        fake = FakeApiServer([pod("a", 10)], rv=100)
+
+        async def objects_then_silence(s: WatchStream) -> None:
+            await s.send("ADDED", pod("a", 10))
+            await s.hold()
+
+        # Silent: LIST this once (still streaming afterwards). Then a 410; silent again: off for good.
+        fake.script(fake.stream(objects_then_silence), fake.http_error(410, "Expired"),
+                    fake.stream(objects_then_silence))
+        rec = Recorder()
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf, _ = make_informer(client, rec, idle_timeout=0.5)
+                inf.stream_lists = True
+                await tg.start(inf.run)
+                assert len(fake.lists) == 1
+                streaming = [inf.stream_lists]
+                assert rec.calls == [("add", f"{NS}/a", "10")]
+                for _ in range(4):  # streaming, the 410 watch, streaming again (silent), the plain watch
+                    await fake.next_watch()
+                assert [w.query.get("sendInitialEvents") for w in fake.watches] == ["true", None, "true", None]
+                assert len(fake.lists) == 2
+                streaming.append(inf.stream_lists)
+                assert streaming == [True, False]
+                tg.cancel_scope.cancel()

@@ -533,8 +533,11 @@ class TestRenew:
         a, _ = elector(FakeLeaseApi(store), "a")
         await a.acquire()
         b, _ = elector(FakeLeaseApi(store), "b", clock=lambda: now[0])
-        with anyio.move_on_after(0.05):
-            await b.acquire()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(b.acquire)
+            await wait_for(lambda: b.last_observed_age() is not None)  # b has seen a's lease
+            tg.cancel_scope.cancel()
+        assert not b.is_leader
         now[0] = 1000.0
         assert b.healthy(max_tolerable_expired=0.0)
 
@@ -569,8 +572,11 @@ class TestRelease:
         b, b_changes = elector(b_api, "b")
         await b.release()  # never observed anything
         await a.acquire()
-        with anyio.move_on_after(0.05):
-            await b.acquire()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(b.acquire)
+            await wait_for(lambda: b.last_observed_age() is not None)  # b has seen a's lease
+            tg.cancel_scope.cancel()
+        assert "get" in b_api.calls
         calls = len(b_api.calls)
         await b.release()
         assert len(b_api.calls) == calls

@@ -10,10 +10,12 @@ from controller.moduleservice.mapping import (
     ServiceKey,
     md_keys,
     md_module,
+    pod_in_scope,
     pod_keys,
     pod_modules,
     pod_ready,
     pod_relevant_change,
+    service_in_scope,
     service_key,
 )
 
@@ -159,3 +161,15 @@ class TestPodRelevantChange:
     )
     def test_pod_relevant_change(self, old: dict[str, Any], new: dict[str, Any], relevant: bool) -> None:
         assert pod_relevant_change(old, new, PREFIX) is relevant
+
+
+class TestCacheScope:
+    def test_pod_in_scope_needs_a_module_label(self) -> None:
+        prefix = "module.koupleless.alipay.com/"
+        assert pod_in_scope({"metadata": {"labels": {f"{prefix}m": "false"}}}, prefix)
+        assert not pod_in_scope({"metadata": {"labels": {"app": "x", prefix: "true"}}}, prefix)  # no module name
+        assert not pod_in_scope({"metadata": {}}, prefix)
+
+    def test_service_in_scope_by_name(self) -> None:
+        assert service_in_scope({"metadata": {"name": "m-service", "namespace": "n"}})
+        assert not service_in_scope({"metadata": {"name": "kubernetes", "namespace": "default"}})

@@ -61,15 +61,34 @@ class KubeClient:
         self.timeout = timeout
         self.on_request = on_request
         self._user_agent = user_agent
-        ssl_ctx: ssl.SSLContext | bool = (
+        self._parent: KubeClient | None = None
+        self._children: list[KubeClient] = []
+        self._ssl: ssl.SSLContext | bool = (
             _ssl_context(configuration) if self.base_url.startswith("https") else False
         )
+        self._session = self._new_session(max_connections)
+        # Watches get a pool of their own without a limit: each holds its connection for minutes, so in a
+        # shared pool N namespaces x 3 resources would starve every LIST, write and Lease renewal
+        # (issue 10, defect 2). Their number is bounded by the informers, not by traffic.
+        self._watch_session = self._new_session(0)
+
+    def _new_session(self, limit: int) -> aiohttp.ClientSession:
         # trust_env=False: proxy variables meant for registries must never reroute API traffic.
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max_connections, ssl=ssl_ctx),
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=limit, ssl=self._ssl),
             trust_env=False,
             json_serialize=lambda o: orjson.dumps(o).decode(),
         )
+
+    def dedicated(self, *, max_connections: int = 2, timeout: float | None = None) -> KubeClient:
+        """A client with the same credentials and its own small pool, closed with this one. For traffic
+        that must never queue behind the rest, like the Lease renewal (client-go gives leader election a
+        client of its own for the same reason). Requests are reported to this client's ``on_request``."""
+        child = KubeClient(self.configuration, timeout=timeout or self.timeout, max_connections=max_connections,
+                           user_agent=self._user_agent)
+        child._parent = self
+        self._children.append(child)
+        return child
 
     async def __aenter__(self) -> KubeClient:
         return self
@@ -78,7 +97,10 @@ class KubeClient:
         await self.close()
 
     async def close(self) -> None:
+        for child in self._children:
+            await child.close()
         await self._session.close()
+        await self._watch_session.close()
 
     async def _headers(self, content_type: str | None) -> dict[str, str]:
         headers = {"Accept": "application/json", "User-Agent": self._user_agent}
@@ -91,8 +113,9 @@ class KubeClient:
         return headers
 
     def _observe(self, verb: str, code: str, started: float) -> None:
-        if self.on_request is not None:
-            self.on_request(verb, code, time.perf_counter() - started)
+        hook = self.on_request if self._parent is None else self._parent.on_request
+        if hook is not None:
+            hook(verb, code, time.perf_counter() - started)
 
     async def request(
         self,
@@ -161,7 +184,7 @@ class KubeClient:
             # connection that went half-open takes the request and never answers (total/sock_read are
             # None for the long-lived stream, so nothing else would ever end that wait).
             with anyio.CancelScope(deadline=anyio.current_time() + idle_timeout) as scope:
-                async with self._session.get(
+                async with self._watch_session.get(
                     self.base_url + path, params=query, headers=headers,
                     timeout=aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_TIMEOUT,
                                                   sock_read=None),
