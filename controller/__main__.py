@@ -17,7 +17,6 @@ from typing import Any, NoReturn
 
 from .config import Config, ConfigError
 from .run import run
-from .runtime.kube.credentials import check_credentials
 
 __all__ = ["main", "parse_args"]
 
@@ -166,7 +165,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             cache_sync_timeout=args.cache_sync_timeout,
             shutdown_timeout=args.shutdown_timeout,
         )
-        check_credentials(config.kubeconfig, os.environ)  # before any connection
     except ConfigError as exc:
         print(f"module-service-controller: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -12,6 +12,7 @@ import structlog
 from .config import Config
 from .manager import Manager
 from .runtime.kube.client import KubeClient, load_configuration
+from .runtime.kube.config import KubeConfigError
 from .runtime.kube.errors import ApiError, KubeError
 from .runtime.leaderelection import LeadershipLost
 from .runtime.logging import configure
@@ -28,12 +29,11 @@ def _fail(message: str, code: int = 1) -> int:
 
 async def _main(config: Config) -> int:
     try:
+        # Before any connection: a bad kubeconfig or missing in-cluster token is a usage error (exit 2),
+        # reported in one line that names the file and what is wrong with it.
         configuration = await load_configuration(config.kubeconfig)
-    except Exception as exc:  # kubernetes-asyncio raises assorted types for bad kubeconfigs
-        # Usually caught earlier by check_credentials, with the file named; a usage error either way.
-        source = config.kubeconfig or "in-cluster/$KUBECONFIG/~/.kube/config"
-        return _fail(f"cannot load Kubernetes credentials from {source}: {type(exc).__name__}: "
-                     f"{str(exc)[:200]}", code=2)
+    except KubeConfigError as exc:
+        return _fail(f"cannot load Kubernetes credentials: {exc}", code=2)
     async with KubeClient(configuration, timeout=config.request_timeout) as client:
         try:
             version = await client.request("GET", "/version", timeout=10)
