@@ -12,6 +12,11 @@ here=$(cd "$(dirname "$0")" && pwd)
 cache=${1:?usage: build.sh CACHE_DIR}
 key="k8s-${KUBERNETES_VERSION}_$(go env GOVERSION)"
 out="$cache/$key"
+mkdir -p "$cache"
+# One build at a time: a second caller (another test run, make target or worktree) waits for the first
+# and then finds the stamp; without the lock its rm -rf would delete the first one's half-built tree.
+exec 9>"$cache/.build.lock"
+flock 9
 if [ -f "$out/.complete" ]; then
   echo "$out/bin"
   exit 0
