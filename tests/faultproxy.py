@@ -259,6 +259,11 @@ class FaultProxy:
             path_contains=path_contains,
         ))
 
+    def watching(self, path_contains: str) -> bool:
+        """True once a watch whose path contains ``path_contains`` streams through the proxy (a stall with
+        ``existing=True`` can only cut a watch that is already there)."""
+        return any(path_contains in stream.path for stream in self._streams)
+
     def stall_watches(self, *, existing: bool = False, send_headers: bool = True,
                       path_contains: str | None = None) -> None:
         """Holds new watches (matching ``path_contains``) open without data until :meth:`resume`;

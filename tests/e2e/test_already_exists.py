@@ -29,6 +29,10 @@ async def test_already_exists_is_requeued_never_overwritten(controlplane: Contro
         proxied = proxy.write_kubeconfig(tmp_path / "proxy.kubeconfig")
         config = controller_config(proxied, namespace, watch_idle_timeout=IDLE)
         async with running_controller(config) as manager:
+            async def services_watched() -> bool:
+                return proxy.watching("/services")
+
+            await wait_for(services_watched, timeout=30, what="the controller's Service watch")
             proxy.stall_watches(existing=True, path_contains="/services")
             foreign = await api.create_svc(namespace, {
                 "apiVersion": "v1", "kind": "Service",
