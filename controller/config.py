@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from .moduleservice.profiles import DEFAULT_PROFILE, Profile, resolve_profile
 from .runtime.errors import ConfigError
 from .runtime.http import parse_bind
 
 __all__ = ["Config", "ConfigError"]
 
-_LABEL_PREFIX = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?$")
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")  # a DNS-1123 label
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "console")
@@ -34,7 +34,13 @@ class Config:
     metrics_secure: bool = False
     metrics_cert_dir: str | None = None
     health_probe_bind_address: str = ":8081"
-    module_label_prefix: str = "module.koupleless.alipay.com/"
+    profile: str = DEFAULT_PROFILE
+    """API identity preset (seed, koupleless, sofa-serverless); the three fields below override it."""
+    api_group: str | None = None
+    api_version: str | None = None
+    module_label_prefix: str | None = None
+    adopt_unowned_services: bool = True
+    """Take over the exact Service that Koupleless' own module-controller creates (see desired.adoptable)."""
     log_level: str = "info"
     log_format: str = "json"
     watch_idle_timeout: float = 70.0
@@ -48,8 +54,12 @@ class Config:
     shutdown_timeout: float = 25.0
     """How long SIGTERM waits for in-flight reconciles before releasing the Lease."""
     request_timeout: float = 30.0
+    api: Profile = field(init=False)
+    """The resolved API identity: the profile with explicit flags over it."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "api", resolve_profile(
+            self.profile, group=self.api_group, version=self.api_version, label_prefix=self.module_label_prefix))
         for ns in self.namespaces:
             # "" would silently widen the scope to the whole cluster (issue 10, defect 1).
             if len(ns) > 63 or not _NAMESPACE.match(ns):
@@ -64,11 +74,6 @@ class Config:
                 raise ConfigError(f"{flag}: {exc}") from None
         if self.workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
-        if not self.module_label_prefix or not _LABEL_PREFIX.match(self.module_label_prefix) \
-                or len(self.module_label_prefix) > 254:
-            raise ConfigError(
-                f"--module-label-prefix {self.module_label_prefix!r} must be a DNS subdomain followed by '/'"
-            )
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if self.log_format not in LOG_FORMATS:

@@ -22,6 +22,7 @@ from anyio.abc import TaskGroup
 from prometheus_client import CollectorRegistry
 
 from .config import Config
+from .moduleservice.crdschema import not_served_reason, status_pruned_reason
 from .moduleservice.mapping import (
     ServiceKey,
     md_keys,
@@ -33,6 +34,7 @@ from .moduleservice.mapping import (
     service_in_scope,
     service_key,
 )
+from .moduleservice.metrics import DomainMetrics
 from .moduleservice.reconcile import (
     MD_MODULE_INDEX,
     POD_MODULE_INDEX,
@@ -41,14 +43,13 @@ from .moduleservice.reconcile import (
     Requeue,
     RequeueAfter,
 )
-from .moduleservice.resources import MODULE_DEPLOYMENTS
 from .moduleservice.transforms import slim_md, slim_pod, slim_service
 from .runtime.events import EventRecorder
 from .runtime.http import HealthChecks, KubeAuthorizer, MetricsServer, ProbeServer
 from .runtime.informer import EventHandler, Informer, Store
 from .runtime.kube.client import JsonObj, KubeClient
-from .runtime.kube.errors import KubeError, TooManyRequests
-from .runtime.kube.resources import PODS, SERVICES, Resource
+from .runtime.kube.errors import Forbidden, KubeError, TooManyRequests
+from .runtime.kube.resources import CRDS, PODS, SERVICES, Resource
 from .runtime.leaderelection import KubeLeaseApi, LeaderElectionConfig, LeaderElector
 from .runtime.metrics import Metrics
 from .runtime.workqueue import ShutDown, WorkQueue
@@ -105,7 +106,9 @@ class Manager:
         self.metrics = metrics or Metrics(registry, controller=CONTROLLER_NAME)
         client.on_request = lambda verb, code, secs: self.metrics.observe_request(verb, code, secs, client.host)
         self.identity = f"{socket.gethostname()}_{uuid.uuid4()}"
-        prefix = config.module_label_prefix
+        self.profile = profile = config.api
+        self.domain_metrics = DomainMetrics(registry, profile)
+        prefix = profile.label_prefix
         self.queue: WorkQueue[ServiceKey] = WorkQueue(metrics=self.metrics.queue_metrics(CONTROLLER_NAME))
         # Second, lower-priority lane for status.moduleService: fed after every successful Service
         # reconcile, drained only when the Service lane has no backlog (see _status_worker).
@@ -130,30 +133,58 @@ class Manager:
             )
             self.metrics.init_leader(config.leader_elect_name)
         self.reconciler = Reconciler(
-            client, mds=self.mds, services=self.services, pods=self.pods, label_prefix=prefix,
+            client, mds=self.mds, services=self.services, pods=self.pods, profile=profile,
             events=self.events,
             write_allowed=self._write_allowed,
+            adopt=config.adopt_unowned_services,
+            on_status_pruned=self.domain_metrics.set_status_pruned,
         )
         enqueue_md = _Enqueue(self.queue, self._seen, md_keys)
         enqueue_svc = _Enqueue(self.queue, self._seen, lambda o, n: {k for x in (o, n) if x is not None
                                                                    if (k := service_key(x)) is not None})
         enqueue_pod = _Enqueue(self.queue, self._seen, lambda o, n: pod_keys(o, n, prefix),
                                lambda o, n: pod_relevant_change(o, n, prefix))
-        self.informers: list[Informer] = []
+        # ModuleDeployments are served only while their CRD is (see _serve_mds): the CRD may be missing at
+        # start, deleted and re-created. Each incarnation gets fresh informers over the same store, whose
+        # first list reconciles the store with what exists now.
+        self._md_handler = enqueue_md
+        self.md_informers: list[Informer] = []
+        self.crds = Store()
+        self.crd_informer = Informer(
+            client, CRDS, store=self.crds, handlers=[_Changed(self._crd_changed)],
+            field_selector=f"metadata.name={profile.crd_name}",
+            # One object that rarely changes: only bookmarks (about once a minute) show it alive. Like
+            # /healthz, the informer metrics (and the WatchSilent alert) leave this auxiliary watch out:
+            # moduleservice_crd_served says what matters.
+            idle_timeout=max(config.watch_idle_timeout, 70.0),
+        )
+        self.crd_problem: str | None = "has not been looked up yet"
+        self._crd_seen = False
+        self._md_serving = False
+        self._state_changed = anyio.Event()
+        self.core_informers: list[Informer] = [self.crd_informer]
         # Only Pods with a module label and Services named like ours are cached: memory follows the
         # modules, not the cluster (issue 10). Selectors cannot express either rule, so it is client-side.
         for resource, store, handler, transform, keep in (
-            (MODULE_DEPLOYMENTS, self.mds, enqueue_md, slim_md, None),
             (SERVICES, self.services, enqueue_svc, slim_service, service_in_scope),
             (PODS, self.pods, enqueue_pod, slim_pod, lambda p: pod_in_scope(p, prefix)),
         ):
-            self.informers.extend(self._informers(resource, store, handler, transform, keep))
+            self.core_informers.extend(self._informers(resource, store, handler, transform, keep))
         self.healthz = HealthChecks()
         self.readyz = HealthChecks()
         self.healthz.add("ping", lambda: None)
-        for inf in self.informers:
-            self.healthz.add(f"informer-{inf.resource.plural}-{inf.namespace or 'all'}", _wedged_check(inf))
-            self.readyz.add(f"synced-{inf.resource.plural}-{inf.namespace or 'all'}", _synced_check(inf))
+        self.readyz.add("crd", lambda: None if self.crd_problem is None else self._crd_message())
+        for inf in self.core_informers:
+            suffix = f"{inf.resource.plural}-{inf.namespace or 'all'}"
+            if inf is not self.crd_informer:
+                # A stuck CRD watch only delays noticing a CRD change; it is no reason for a restart.
+                self.healthz.add(f"informer-{suffix}", _wedged_check(inf))
+            self.readyz.add(f"synced-{suffix}", self._core_check(inf, _synced_check(inf)))
+        md_scopes: list[str | None] = list(config.namespaces) or [None]
+        for ns in md_scopes:
+            suffix = f"{profile.resource.plural}-{ns or 'all'}"
+            self.healthz.add(f"informer-{suffix}", self._md_wedged_check(ns))
+            self.readyz.add(f"synced-{suffix}", self._md_synced_check(ns))
         if self.elector is not None:
             elector = self.elector
             self.healthz.add("leader-election",
@@ -178,6 +209,112 @@ class Manager:
             for ns in scopes
         ]
 
+    @property
+    def informers(self) -> list[Informer]:
+        """Every informer running now (the ModuleDeployment ones only while their CRD is served)."""
+        return [*self.core_informers, *self.md_informers]
+
+    @property
+    def serving(self) -> bool:
+        """Caches synced, ModuleDeployments included: reconciles may run."""
+        return self._md_serving and all(inf.has_synced for inf in self.informers)
+
+    def _crd_message(self) -> str:
+        return (f"CustomResourceDefinition {self.profile.crd_name} {self.crd_problem}: "
+                f"ModuleDeployments ({self.profile.api_version}) are not served until it is")
+
+    def _notify(self) -> None:
+        self._state_changed.set()
+        self._state_changed = anyio.Event()
+
+    async def _wait_for(self, predicate: Callable[[], bool]) -> None:
+        while not predicate():
+            await self._state_changed.wait()
+
+    def _crd_changed(self) -> None:
+        """Called on every change of our CRD (or its removal); logs one line per change of state."""
+        crd = self.crds.get(self.profile.crd_name)
+        problem = not_served_reason(crd, self.profile.version)
+        if crd is not None and problem is None:
+            was_pruned = self.reconciler.status_pruned is not None
+            self.reconciler.set_status_pruned(status_pruned_reason(crd, self.profile.version))
+            if was_pruned and self.reconciler.status_pruned is None:
+                for key in {k for md in self.mds.values() for k in md_keys(None, md)}:
+                    self.status_queue.add(key)  # the CRD can store it now: write every status once
+        if problem == self.crd_problem:
+            return
+        # Log when serving starts or stops, not on every step in between (created -> names accepted ->
+        # established): one line per change a user cares about.
+        flipped = (problem is None) != (self.crd_problem is None) or not self._crd_seen
+        self._crd_seen = True
+        self.crd_problem = problem
+        self.domain_metrics.set_crd_served(problem is None)
+        if flipped and problem is None:
+            log.info("crd_served", crd=self.profile.crd_name, api_version=self.profile.api_version)
+        elif flipped:
+            log.warning("crd_not_served", crd=self.profile.crd_name, reason=problem, message=self._crd_message())
+        self._notify()
+
+    async def _check_crd_access(self) -> None:
+        """Without read access to CRDs (RBAC from before profiles), serve as if the CRD were there: the
+        ModuleDeployment informer then retries on its own backoff, and pruned status is still found from
+        PATCH responses. Said once, with what to grant."""
+        try:
+            await self.client.request("GET", CRDS.path(), params={
+                "fieldSelector": f"metadata.name={self.profile.crd_name}", "limit": 1})
+        except Forbidden:
+            # Expected in namespaced mode (a Role cannot grant a cluster-scoped read): one line, no alarm.
+            self.core_informers.remove(self.crd_informer)
+            self._crd_seen = True
+            self.crd_problem = None
+            self.domain_metrics.set_crd_served(True)
+            log.info("crd_not_followed", crd=self.profile.crd_name,
+                     message="no read access to CustomResourceDefinitions: assuming the CRD is installed; grant "
+                             f"get, list and watch on customresourcedefinitions/{self.profile.crd_name} to "
+                             "follow it")
+        except KubeError:
+            pass  # the informer retries and reports it
+
+    async def _serve_mds(self) -> None:
+        """Runs the ModuleDeployment informers exactly while the CRD is served: no error storm and no
+        crash loop while it is missing, and a fresh list as soon as it (re)appears."""
+        while True:
+            await self._wait_for(lambda: self.crd_problem is None)
+            self.md_informers = self._informers(self.profile.resource, self.mds, self._md_handler, slim_md, None)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._start_md_informers, self.md_informers)
+                await self._wait_for(lambda: self.crd_problem is not None)
+                tg.cancel_scope.cancel()
+            self._md_serving = False
+            self.md_informers = []
+            self._notify()
+
+    async def _start_md_informers(self, informers: list[Informer]) -> None:
+        async with anyio.create_task_group() as tg:
+            for inf in informers:
+                await tg.start(inf.run)
+            self._md_serving = True
+            log.info("moduledeployments_synced", objects=len(self.mds), api_version=self.profile.api_version)
+            self._notify()
+
+    def _core_check(self, inf: Informer, check: Callable[[], str | None]) -> Callable[[], str | None]:
+        # The CRD informer does not run without read access to CRDs (_check_crd_access).
+        return lambda: check() if inf in self.core_informers else None
+
+    def _md_wedged_check(self, ns: str | None) -> Callable[[], str | None]:
+        def check() -> str | None:
+            inf = next((i for i in self.md_informers if i.namespace == ns), None)
+            return None if inf is None else _wedged_check(inf)()
+        return check
+
+    def _md_synced_check(self, ns: str | None) -> Callable[[], str | None]:
+        def check() -> str | None:
+            if self.crd_problem is not None:
+                return self._crd_message()
+            inf = next((i for i in self.md_informers if i.namespace == ns), None)
+            return None if inf is not None and inf.has_synced else "informer has not synced"
+        return check
+
     # ------------------------------------------------------------------ run
     async def run(self) -> None:
         cfg = self.config
@@ -199,8 +336,12 @@ class Manager:
             tg.start_soon(self._unfinished_loop)
             started = time.perf_counter()
             with anyio.fail_after(cfg.cache_sync_timeout):
-                for inf in self.informers:
+                await self._check_crd_access()
+                for inf in self.core_informers:
                     await tg.start(inf.run)
+            if self.crd_informer in self.core_informers:
+                self._crd_changed()  # the first list found it or not: say which, once
+            tg.start_soon(self._serve_mds)
             log.info("caches_synced", seconds=round(time.perf_counter() - started, 3),
                      moduledeployments=len(self.mds), services=len(self.services), pods=len(self.pods))
             self.metrics.max_concurrent(cfg.workers)
@@ -223,6 +364,7 @@ class Manager:
     async def _shutdown_on_request(self, tg: TaskGroup) -> None:
         await self._stop_requested.wait()
         self._stopping.set()
+        self._notify()
         self.queue.shutdown()
         self.status_queue.shutdown()
         if not self._workers_running or (self.elector is not None and not self.elector.is_leader):
@@ -257,6 +399,7 @@ class Manager:
 
     async def _worker(self, n: int) -> None:
         while not self._stopping.is_set():
+            await self._wait_for(lambda: self._md_serving or self._stopping.is_set())
             try:
                 key = await self.queue.get()
             except ShutDown:
@@ -264,6 +407,11 @@ class Manager:
             if self._stopping.is_set():
                 self.queue.done(key)
                 return
+            if not self._md_serving:
+                # The CRD went away meanwhile: an empty ModuleDeployment cache must not delete Services.
+                self.queue.add(key)
+                self.queue.done(key)
+                continue
             try:
                 await self._process(key)
             finally:
@@ -271,13 +419,14 @@ class Manager:
 
     async def _status_worker(self, n: int) -> None:
         while not self._stopping.is_set():
+            await self._wait_for(lambda: self._md_serving or self._stopping.is_set())
             await self.queue.wait_empty()  # Services first: status is informational
             try:
                 key = await self.status_queue.get()
             except ShutDown:
                 return
             try:
-                if not self._stopping.is_set():
+                if not self._stopping.is_set() and self._md_serving:
                     await self._process_status(key)
             finally:
                 self.status_queue.done(key)
@@ -367,6 +516,22 @@ def _wedged_check(inf: Informer) -> Callable[[], str | None]:
             return f"informer loop has not turned for {wedged:.0f}s (last error: {inf.last_error})"
         return None
     return check
+
+
+class _Changed:
+    """An informer handler that only says "something changed"."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self._fn = fn
+
+    def on_add(self, obj: JsonObj) -> None:
+        self._fn()
+
+    def on_update(self, old: JsonObj, new: JsonObj) -> None:
+        self._fn()
+
+    def on_delete(self, obj: JsonObj) -> None:
+        self._fn()
 
 
 def _synced_check(inf: Informer) -> Callable[[], str | None]:

@@ -41,7 +41,9 @@ async def _main(config: Config) -> int:
             return _fail(f"API server {client.base_url} is not reachable: {exc}")
         log.info("starting", api_server=client.base_url, server_version=version.get("gitVersion"),
                  namespaces=list(config.namespaces) or "all", workers=config.workers,
-                 leader_elect=config.leader_elect)
+                 leader_elect=config.leader_elect, profile=config.api.name, api_group=config.api.group,
+                 api_version=config.api.version, module_label_prefix=config.api.label_prefix,
+                 adopt_unowned_services=config.adopt_unowned_services)
         manager = Manager(config, client, registry=prometheus_client.REGISTRY)
         try:
             await manager.run()

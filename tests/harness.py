@@ -19,7 +19,7 @@ from controller.moduleservice.desired import MANAGED_BY_LABEL, MANAGED_BY_VALUE,
 from controller.moduleservice.resources import MODULE_DEPLOYMENTS
 from controller.runtime.kube.client import JsonObj, KubeClient, load_configuration
 from controller.runtime.kube.errors import NotFound
-from controller.runtime.kube.resources import PODS, SERVICES
+from controller.runtime.kube.resources import PODS, SERVICES, Resource
 from controller.runtime.metrics import Metrics
 
 T = TypeVar("T")
@@ -75,25 +75,26 @@ async def wait_for(fn: Callable[[], Awaitable[T | None]], *, timeout: float = 30
 class Api:
     """Thin test-side API helpers over the real API server."""
 
-    def __init__(self, client: KubeClient) -> None:
+    def __init__(self, client: KubeClient, md_resource: Resource = MODULE_DEPLOYMENTS) -> None:
         self.client = client
+        self.md = md_resource  # the ModuleDeployment API of the profile under test
 
     async def create_md(self, ns: str, md: JsonObj) -> JsonObj:
-        return await self.client.request("POST", MODULE_DEPLOYMENTS.path(ns), body=md)
+        return await self.client.request("POST", self.md.path(ns), body={**md, "apiVersion": self.md.api_version})
 
     async def get_md(self, ns: str, name: str) -> JsonObj | None:
         try:
-            return await self.client.request("GET", MODULE_DEPLOYMENTS.path(ns, name))
+            return await self.client.request("GET", self.md.path(ns, name))
         except NotFound:
             return None
 
     async def patch_md(self, ns: str, name: str, patch: JsonObj) -> JsonObj:
-        return await self.client.request("PATCH", MODULE_DEPLOYMENTS.path(ns, name), body=patch,
+        return await self.client.request("PATCH", self.md.path(ns, name), body=patch,
                                          content_type="application/merge-patch+json")
 
     async def delete_md(self, ns: str, name: str) -> None:
         with suppress(NotFound):
-            await self.client.request("DELETE", MODULE_DEPLOYMENTS.path(ns, name))
+            await self.client.request("DELETE", self.md.path(ns, name))
 
     async def get_svc(self, ns: str, name: str) -> JsonObj | None:
         try:
@@ -143,7 +144,7 @@ class Api:
         return list((await self.client.request("GET", f"/api/v1/namespaces/{ns}/events")).get("items") or [])
 
     async def list_mds(self, ns: str) -> list[JsonObj]:
-        return list((await self.client.request("GET", MODULE_DEPLOYMENTS.path(ns))).get("items") or [])
+        return list((await self.client.request("GET", self.md.path(ns))).get("items") or [])
 
     async def create_mds(self, ns: str, mds: Iterable[JsonObj], *, concurrency: int = 20) -> list[JsonObj]:
         """Creates all of ``mds`` at once (at most ``concurrency`` requests in flight); returns them."""
@@ -274,7 +275,8 @@ def owner_refs(svc: Mapping[str, Any]) -> set[tuple[str, str, bool]]:
 
 
 def service_problems(svc: Mapping[str, Any], *, module: str, port: int, target_port: int | str | None = None,
-                     owners: Iterable[Mapping[str, Any]]) -> list[str]:
+                     owners: Iterable[Mapping[str, Any]], label_prefix: str = LABEL_PREFIX,
+                     api_version: str | None = None) -> list[str]:
     """Every way ``svc`` differs from the Service the controller must make for ``module``; ``owners`` are
     the contributing ModuleDeployments, oldest first (it alone is the controller owner)."""
     problems: list[str] = []
@@ -285,7 +287,7 @@ def service_problems(svc: Mapping[str, Any], *, module: str, port: int, target_p
         problems.append(f"labels {labels}")
     if spec.get("type") != "NodePort":
         problems.append(f"type {spec.get('type')}")
-    if spec.get("selector") != {f"{LABEL_PREFIX}{module}": "true"}:
+    if spec.get("selector") != {f"{label_prefix}{module}": "true"}:
         problems.append(f"selector {spec.get('selector')}")
     ports = spec.get("ports") or []
     want = ("http", "TCP", port, port if target_port is None else target_port)
@@ -300,6 +302,8 @@ def service_problems(svc: Mapping[str, Any], *, module: str, port: int, target_p
     refs = meta.get("ownerReferences") or []
     if any(r.get("blockOwnerDeletion") is not True or r.get("kind") != "ModuleDeployment" for r in refs):
         problems.append(f"ownerReferences {refs}")
+    if api_version is not None and any(r.get("apiVersion") != api_version for r in refs):
+        problems.append(f"ownerReferences apiVersion {[r.get('apiVersion') for r in refs]} != {api_version}")
     return problems
 
 
@@ -313,9 +317,9 @@ def node_port(svc: Mapping[str, Any]) -> int:
 
 
 @asynccontextmanager
-async def api_client(kubeconfig: str) -> AsyncIterator[Api]:
+async def api_client(kubeconfig: str, md_resource: Resource = MODULE_DEPLOYMENTS) -> AsyncIterator[Api]:
     async with KubeClient(await load_configuration(kubeconfig)) as client:
-        yield Api(client)
+        yield Api(client, md_resource)
 
 
 def controller_config(kubeconfig: str, namespace: str, **overrides: Any) -> Config:
@@ -357,6 +361,8 @@ class TrackingKubeClient(KubeClient):
 
     in_flight = 0
     in_flight_writes = 0
+    writes: list[tuple[str, str]] | None = None  # (method, path) of every write, once a test sets a list
+
 
     async def request(
         self,
@@ -369,6 +375,8 @@ class TrackingKubeClient(KubeClient):
         timeout: float | None = None,
     ) -> JsonObj:
         write = method.upper() != "GET"
+        if write and self.writes is not None:
+            self.writes.append((method.upper(), path))
         self.in_flight += 1
         self.in_flight_writes += write
         try:
@@ -428,5 +436,5 @@ async def wait_quiet(manager: Manager, *, timeout: float = 60.0) -> None:
 
 def _synced(manager: Manager) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
-        return all(inf.has_synced for inf in manager.informers)
+        return manager.serving
     return check

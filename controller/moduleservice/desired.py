@@ -25,6 +25,7 @@ __all__ = [
     "ModuleDeploymentView",
     "OwnerRef",
     "Port",
+    "adoptable",
     "desired_service",
     "is_managed",
     "module_of_service",
@@ -37,6 +38,7 @@ FIELD_MANAGER = "module-service-controller"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "module-service-controller"
 MODULE_LABEL = "koupleless.alipay.com/module"
+# The seed profile's; a running controller passes its profile's apiVersion (profiles.py) everywhere.
 MD_API_VERSION = "koupleless.alipay.com/v1alpha1"
 MD_KIND = "ModuleDeployment"
 SERVICE_SUFFIX = "-service"
@@ -169,10 +171,11 @@ class OwnerRef:
     name: str
     uid: str
     controller: bool
+    api_version: str = MD_API_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "apiVersion": MD_API_VERSION, "kind": MD_KIND, "name": self.name, "uid": self.uid,
+            "apiVersion": self.api_version, "kind": MD_KIND, "name": self.name, "uid": self.uid,
             "controller": self.controller, "blockOwnerDeletion": True,
         }
 
@@ -189,6 +192,11 @@ class DesiredService:
     winner: str
     # contributor name -> the port it asked for, for those that lost to the oldest
     conflicts: Mapping[str, Port] = field(default_factory=dict)
+    api_version: str = MD_API_VERSION  # of the owning ModuleDeployments
+
+    @property
+    def api_group(self) -> str:
+        return self.api_version.split("/", 1)[0]
 
     def manifest(self) -> dict[str, Any]:
         """The full object for a create (POST)."""
@@ -217,7 +225,8 @@ def _port_dict(port: Port, node_port: int | None = None) -> dict[str, Any]:
 
 
 def desired_service(
-    namespace: str, module: str, mds: Iterable[ModuleDeploymentView], *, label_prefix: str
+    namespace: str, module: str, mds: Iterable[ModuleDeploymentView], *, label_prefix: str,
+    api_version: str = MD_API_VERSION,
 ) -> DesiredService | None:
     """None when no valid, enabled, live ModuleDeployment wants ``<module>-service``."""
     contributors = sorted(
@@ -235,23 +244,45 @@ def desired_service(
         port=oldest.port,
         selector={f"{label_prefix}{module}": "true"},
         labels={MANAGED_BY_LABEL: MANAGED_BY_VALUE, MODULE_LABEL: module},
-        owners=tuple(OwnerRef(md.name, md.uid, i == 0) for i, md in enumerate(contributors)),
+        owners=tuple(OwnerRef(md.name, md.uid, i == 0, api_version) for i, md in enumerate(contributors)),
         winner=oldest.name,
         conflicts={md.name: md.port for md in contributors[1:] if md.port is not None and md.port != oldest.port},
+        api_version=api_version,
     )
 
 
-def _is_md_ref(ref: Mapping[str, Any]) -> bool:
+def _is_md_ref(ref: Mapping[str, Any], group: str) -> bool:
+    # Any version of our group: a CRD version bump must not turn our own Services into NameConflicts.
     api_version = str(ref.get("apiVersion", ""))
-    return ref.get("kind") == MD_KIND and api_version.split("/", 1)[0] == MD_API_VERSION.split("/", 1)[0]
+    return ref.get("kind") == MD_KIND and api_version.split("/", 1)[0] == group
 
 
-def is_managed(service: Mapping[str, Any]) -> bool:
-    """Ours if it carries our managed-by label or an owner reference to a ModuleDeployment (§4)."""
+def is_managed(service: Mapping[str, Any], group: str = MD_API_VERSION.split("/", 1)[0]) -> bool:
+    """Ours if it carries our managed-by label or an owner reference to a ModuleDeployment of ``group`` (§4)."""
     meta = service.get("metadata") or {}
     if (meta.get("labels") or {}).get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE:
         return True
-    return any(_is_md_ref(ref) for ref in meta.get("ownerReferences") or ())
+    return any(_is_md_ref(ref, group) for ref in meta.get("ownerReferences") or ())
+
+
+def adoptable(service: Mapping[str, Any], desired: DesiredService) -> bool:
+    """Exactly the Service Koupleless' module-controller creates for this module, and nothing else.
+
+    That controller creates ``<module>-service`` once, with no labels, no owner references, the module
+    selector and one port ``http``, and never updates it; taking it over is what its users expect. Any
+    other Service holding our name is someone's on purpose: NameConflict, never touched.
+    """
+    meta = service.get("metadata") or {}
+    spec = service.get("spec") or {}
+    ports = spec.get("ports") or []
+    return (
+        meta.get("name") == desired.name
+        and not meta.get("deletionTimestamp")
+        and not meta.get("ownerReferences")
+        and MANAGED_BY_LABEL not in (meta.get("labels") or {})
+        and dict(spec.get("selector") or {}) == dict(desired.selector)
+        and len(ports) == 1 and ports[0].get("name") == PORT_NAME
+    )
 
 
 def _normalized_ports(ports: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
@@ -286,10 +317,11 @@ def service_patch(actual: Mapping[str, Any], desired: DesiredService) -> dict[st
         patch_meta["labels"] = label_patch
 
     refs = list(meta.get("ownerReferences") or [])
-    ours = [r for r in refs if _is_md_ref(r)]
+    group = desired.api_group
+    ours = [r for r in refs if _is_md_ref(r, group)]
     wanted = [o.to_dict() for o in desired.owners]
     if _ref_set(ours) != _ref_set(wanted):
-        patch_meta["ownerReferences"] = [r for r in refs if not _is_md_ref(r)] + wanted
+        patch_meta["ownerReferences"] = [r for r in refs if not _is_md_ref(r, group)] + wanted
 
     selector = spec.get("selector") or {}
     if dict(selector) != dict(desired.selector):

@@ -23,10 +23,10 @@ from ..runtime.kube.errors import AlreadyExists, ApiError, Conflict, NotFound, T
 from ..runtime.kube.resources import SERVICES
 from .desired import (
     FIELD_MANAGER,
-    MD_API_VERSION,
     MD_KIND,
     DesiredService,
     ModuleDeploymentView,
+    adoptable,
     desired_service,
     is_managed,
     module_of_service,
@@ -34,10 +34,11 @@ from .desired import (
     service_patch,
 )
 from .mapping import ServiceKey, pod_modules, pod_ready
-from .resources import MODULE_DEPLOYMENTS
+from .profiles import Profile
 from .status import (
     REASON_INVALID,
     REASON_NAME_CONFLICT,
+    REASON_PENDING,
     REASON_PORT_CONFLICT,
     REASON_WRITE_FAILED,
     Outcome,
@@ -87,18 +88,28 @@ class Reconciler:
         mds: Store,
         services: Store,
         pods: Store,
-        label_prefix: str,
+        profile: Profile,
         events: EventRecorder,
         write_allowed: Callable[[], bool] = lambda: True,
         fights: FightDetector[ServiceKey] | None = None,
+        adopt: bool = True,
+        on_status_pruned: Callable[[bool], None] = lambda pruned: None,
     ) -> None:
         self.client = client
         self.mds = mds
         self.services = services
         self.pods = pods
-        self.label_prefix = label_prefix
+        self.profile = profile
+        self.label_prefix = profile.label_prefix
+        self.resource = profile.resource
         self.events = events
         self.write_allowed = write_allowed
+        self.adopt = adopt
+        self._on_status_pruned = on_status_pruned
+        # Why status.moduleService cannot be stored on this CRD (None: it can). While set, no status write
+        # is made and each ModuleDeployment's state goes out as an Event when it changes.
+        self.status_pruned: str | None = None
+        self._reported: dict[ServiceKey, dict[str, tuple[str, str]]] = {}
         # Read-your-writes over a lagging cache (the ReplicaSet controller's "expectations" idea):
         # after a write we remember what we wrote together with the resourceVersion the cache showed
         # before it. While the cache still shows that old version, our own write is the newest state we
@@ -119,7 +130,8 @@ class Reconciler:
         module = module_of_service(key.name) or ""
         views = [parse_module_deployment(md)
                  for md in self.mds.by_index(MD_MODULE_INDEX, f"{key.namespace}/{module}")]
-        desired = desired_service(key.namespace, module, views, label_prefix=self.label_prefix) if module else None
+        desired = desired_service(key.namespace, module, views, label_prefix=self.label_prefix,
+                                  api_version=self.profile.api_version) if module else None
         return module, views, desired
 
     async def reconcile(self, key: ServiceKey) -> Report:
@@ -130,7 +142,7 @@ class Reconciler:
             return report
         _, views, desired = self._inputs(key)
         actual = self._service_view(key)
-        managed = actual is not None and is_managed(actual)
+        managed = actual is not None and is_managed(actual, self.profile.group)
         if managed and _invalid_contributor(views):
             # A spec that cannot be served (a typo the CRD let through) must not cost the live Service:
             # keep the last good one unchanged until the spec is fixed; status reports InvalidSpec.
@@ -138,22 +150,33 @@ class Reconciler:
             return report
         if desired is None:
             if actual is not None and managed:
-                refs = [_ref(v) for v in views if not v.deleting]
+                refs = [self._ref(v) for v in views if not v.deleting]
                 await self._write(key, _ABSENT, f"deleting Service {key.name}", refs,
                                   lambda: self._delete(actual, report))
                 for ref in refs:
                     self.events.record(ref, "Normal", "ServiceDeleted",
                                        f"Deleted Service {key.name}: no ModuleDeployment enables it")
         elif actual is None:
-            await self._write(key, _fingerprint(desired), f"creating Service {key.name}", [_owner_ref(desired)],
+            await self._write(key, _fingerprint(desired), f"creating Service {key.name}", [self._owner_ref(desired)],
                               lambda: self._create(desired, report))
             self._event(desired, "Normal", "ServiceCreated", f"Created Service {key.name} ({desired.port})")
         elif managed:
             patch = service_patch(actual, desired)
             if patch is not None:
-                await self._write(key, _fingerprint(desired), f"updating Service {key.name}", [_owner_ref(desired)],
-                                  lambda: self._patch(actual, patch, report))
+                await self._write(key, _fingerprint(desired), f"updating Service {key.name}",
+                                  [self._owner_ref(desired)], lambda: self._patch(actual, patch, report))
                 self._event(desired, "Normal", "ServiceUpdated", f"Updated Service {key.name} ({desired.port})")
+        elif self.adopt and adoptable(actual, desired):
+            # Koupleless' module-controller made it: labels and owner references (and the port, if it
+            # changed) in one resourceVersion-preconditioned patch; UID, clusterIP and nodePort stay.
+            adopt = service_patch(actual, desired)
+            if adopt is not None:
+                await self._write(key, _fingerprint(desired), f"adopting Service {key.name}",
+                                  [self._owner_ref(desired)],
+                                  lambda: self._patch(actual, adopt, report, action="service_adopted"))
+                self._event(desired, "Normal", "ServiceAdopted",
+                            f"Adopted Service {key.name}, created without an owner by another controller "
+                            f"({desired.port}; clusterIP and nodePort kept)")
         # else: a Service we do not manage holds the name; never touch it (status reports NameConflict).
         self._forget_write_error(key)
         return report
@@ -209,16 +232,22 @@ class Reconciler:
         module, views, desired = self._inputs(key)
         if not views:
             self._status_written.pop(key, None)
+            self._reported.pop(key, None)
             return report
         actual = self._service_view(key)
-        managed = actual is not None and is_managed(actual)
+        managed = actual is not None and is_managed(actual, self.profile.group)
         pods, ready = self._count_pods(key.namespace, module)
         outcome = Outcome(
             desired=desired,
             service=actual if managed and desired is not None else None,
-            name_conflict=desired is not None and actual is not None and not managed,
+            # A Service about to be adopted is pending, not a conflict.
+            name_conflict=desired is not None and actual is not None and not managed
+            and not (self.adopt and adoptable(actual, desired)),
             pods=pods, ready_pods=ready, write_error=self._write_errors.get(key),
         )
+        if self.status_pruned is not None:
+            self._report_by_events(key, views, outcome)
+            return report
         await self._write_statuses(key, views, outcome, report)
         return report
 
@@ -256,7 +285,8 @@ class Reconciler:
         report.actions.append("service_created")
         self._remember(key, rv_before, created)
 
-    async def _patch(self, actual: Mapping[str, Any], patch: dict[str, Any], report: Report) -> None:
+    async def _patch(self, actual: Mapping[str, Any], patch: dict[str, Any], report: Report, *,
+                     action: str = "service_updated") -> None:
         self._fence()
         meta = actual["metadata"]
         patch.setdefault("metadata", {})["resourceVersion"] = meta["resourceVersion"]  # precondition
@@ -269,7 +299,7 @@ class Reconciler:
             )
         except (Conflict, NotFound) as exc:
             raise Requeue(f"Service {meta['name']} changed under us: {exc.reason}") from exc
-        report.actions.append("service_updated")
+        report.actions.append(action)
         self._remember(key, rv_before, updated)
 
     async def _delete(self, actual: Mapping[str, Any], report: Report) -> None:
@@ -312,8 +342,10 @@ class Reconciler:
         kept: dict[str, tuple[str, dict[str, Any]]] = {}
         try:
             for view in views:
-                await self._write_status(view, outcome, now, pending=pending_writes.get(view.uid), kept=kept,
-                                         report=report)
+                if not await self._write_status(view, outcome, now, pending=pending_writes.get(view.uid),
+                                                kept=kept, report=report):
+                    self._report_by_events(key, views, outcome)  # the CRD prunes it: say it in Events
+                    return
         finally:
             if kept:
                 self._status_written[key] = kept
@@ -322,39 +354,90 @@ class Reconciler:
 
     async def _write_status(self, view: ModuleDeploymentView, outcome: Outcome, now: str, *,
                             pending: tuple[str, dict[str, Any]] | None,
-                            kept: dict[str, tuple[str, dict[str, Any]]], report: Report) -> None:
+                            kept: dict[str, tuple[str, dict[str, Any]]], report: Report) -> bool:
+        """False when the write showed that the CRD cannot store our status (then no more are made)."""
         if view.deleting:
-            return
+            return True
         md = self.mds.get(f"{view.namespace}/{view.name}")
         if md is None:
-            return
+            return True
         current = (md.get("status") or {}).get("moduleService")
         wanted = module_service_status(view, outcome)
         md_rv = _rv(md)
         if pending is not None and pending[0] == md_rv and pending[1] == wanted:
             kept[view.uid] = pending
-            return  # our last write says exactly this and the cache has not seen it yet
+            return True  # our last write says exactly this and the cache has not seen it yet
         patch = status_patch(current if isinstance(current, dict) else None, wanted, now)
         if patch is None:
-            return
+            return True
         self._fence()
         try:
-            await self.client.request(
-                "PATCH", MODULE_DEPLOYMENTS.path(view.namespace, view.name, "status"),
+            written = await self.client.request(
+                "PATCH", self.resource.path(view.namespace, view.name, "status"),
                 params={"fieldManager": FIELD_MANAGER}, body=patch, content_type=_MERGE_PATCH,
             )
         except NotFound:
-            return
-        kept[view.uid] = (md_rv, wanted)
+            return True
         report.actions.append("status_written")
+        stored = (written.get("status") or {}).get("moduleService")
+        if not isinstance(stored, dict) or "conditions" not in stored:
+            # 200 OK and our field (or its content) is gone: the schema prunes it. Writing again would
+            # change nothing.
+            self.set_status_pruned("the API server dropped status.moduleService from the PATCH response")
+            return False
+        kept[view.uid] = (md_rv, wanted)
         cond = wanted["conditions"][0]
         old_reason = _reason(current)
         if cond["reason"] in _WARNING_REASONS and cond["reason"] != old_reason:
-            self.events.record(_ref(view), "Warning", cond["reason"], cond["message"])
+            self.events.record(self._ref(view), "Warning", cond["reason"], cond["message"])
+        return True
+
+    def set_status_pruned(self, reason: str | None) -> None:
+        """Switches status writes off (``reason`` says why) or back on; logs once per change."""
+        if reason == self.status_pruned or (reason is not None and self.status_pruned is not None):
+            return
+        self.status_pruned = reason
+        self._on_status_pruned(reason is not None)
+        if reason is not None:
+            log.warning("status_not_writable", crd=self.profile.crd_name, reason=reason,
+                        message=f"CustomResourceDefinition {self.profile.crd_name} cannot store "
+                                f"status.moduleService ({reason}); not writing it, reporting each "
+                                "ModuleDeployment's state through Events instead")
+        else:
+            self._reported.clear()
+            log.info("status_writable", crd=self.profile.crd_name)
+
+    def _report_by_events(self, key: ServiceKey, views: list[ModuleDeploymentView], outcome: Outcome) -> None:
+        """The status we cannot store, as one Event per ModuleDeployment whenever its state changes, so
+        that ``kubectl describe`` still tells the user. Remembered per key; the recorder dedups further."""
+        before = self._reported.get(key, {})
+        now: dict[str, tuple[str, str]] = {}
+        for view in views:
+            if view.deleting:
+                continue
+            cond = module_service_status(view, outcome)["conditions"][0]
+            state = (str(cond["reason"]), str(cond["message"]))
+            if state[0] == REASON_PENDING:
+                continue  # transient: the next pass reports where it lands
+            now[view.uid] = state
+            if before.get(view.uid) != state:
+                type_ = "Warning" if state[0] in _WARNING_REASONS else "Normal"
+                self.events.record(self._ref(view), type_, state[0], state[1])
+        if now:
+            self._reported[key] = now
+        else:
+            self._reported.pop(key, None)
 
     # ------------------------------------------------------------------ events
     def _event(self, desired: DesiredService, type_: str, reason: str, message: str) -> None:
-        self.events.record(_owner_ref(desired), type_, reason, message)
+        self.events.record(self._owner_ref(desired), type_, reason, message)
+
+    def _owner_ref(self, desired: DesiredService) -> ObjectRef:
+        owner = desired.owners[0]
+        return ObjectRef(desired.namespace, owner.name, owner.uid, self.profile.api_version, MD_KIND)
+
+    def _ref(self, view: ModuleDeploymentView) -> ObjectRef:
+        return ObjectRef(view.namespace, view.name, view.uid, self.profile.api_version, MD_KIND)
 
 
 def _rv(obj: Mapping[str, Any] | None) -> str:
@@ -372,14 +455,5 @@ def _reason(module_service: Any) -> str | None:
     return str(conditions[0].get("reason")) if conditions and isinstance(conditions[0], dict) else None
 
 
-def _owner_ref(desired: DesiredService) -> ObjectRef:
-    owner = desired.owners[0]
-    return ObjectRef(desired.namespace, owner.name, owner.uid, MD_API_VERSION, MD_KIND)
-
-
 def _fingerprint(desired: DesiredService) -> str:
     return json.dumps(desired.manifest(), sort_keys=True)
-
-
-def _ref(view: ModuleDeploymentView) -> ObjectRef:
-    return ObjectRef(view.namespace, view.name, view.uid, MD_API_VERSION, MD_KIND)

@@ -1,9 +1,10 @@
-"""The ModuleDeployment resource. Its group and version are configuration (see profiles)."""
+"""The ModuleDeployment resource. Its group and version are configuration: a running controller uses
+``Profile.resource`` (profiles.py); this constant is the seed profile's, for tests and benchmarks."""
 
 from __future__ import annotations
 
-from ..runtime.kube.resources import Resource
+from .profiles import PROFILES
 
 __all__ = ["MODULE_DEPLOYMENTS"]
 
-MODULE_DEPLOYMENTS = Resource("koupleless.alipay.com", "v1alpha1", "moduledeployments", "ModuleDeployment")
+MODULE_DEPLOYMENTS = PROFILES["seed"].resource

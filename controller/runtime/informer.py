@@ -219,6 +219,7 @@ class Informer:
         label_selector: str | None = None,
         keep: Keep | None = None,
         stream_lists: bool = False,
+        field_selector: str | None = None,
     ) -> None:
         self.client = client
         self.resource = resource
@@ -236,6 +237,7 @@ class Informer:
         self.stream_lists = stream_lists
         self._stream_synced = False  # the current streaming list has delivered its initial state
         self._stream_misses = 0  # streaming lists in a row that went silent before their end marker
+        self.field_selector = field_selector
         self.has_synced = False
         self.resource_version = ""
         # monotonic time of the last sign of life: a list done, or an event or bookmark received. Opening a
@@ -358,6 +360,8 @@ class Informer:
         }
         if self.label_selector:
             params["labelSelector"] = self.label_selector
+        if self.field_selector:
+            params["fieldSelector"] = self.field_selector
         items: dict[str, JsonObj] = {}
 
         def on_event(event: JsonObj) -> None:
@@ -411,6 +415,8 @@ class Informer:
         params: dict[str, str | int | bool] = {"limit": self.page_size}
         if self.label_selector:
             params["labelSelector"] = self.label_selector
+        if self.field_selector:
+            params["fieldSelector"] = self.field_selector
         if not self.has_synced:
             # Any cached state will do for the first list: the watch that follows catches up. RV=0 is
             # served from the watch cache, which ignores ``limit`` (one page).
@@ -511,6 +517,10 @@ class Informer:
         }
         if self.label_selector:
             params["labelSelector"] = self.label_selector
+        if self.field_selector:
+            params["fieldSelector"] = self.field_selector
+        if self.field_selector:
+            params["fieldSelector"] = self.field_selector
         count = 0
 
         def on_open() -> None:

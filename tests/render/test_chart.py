@@ -296,6 +296,8 @@ def test_kustomize_and_helm_render_the_same_rbac(directory: str, sets: list[str]
     kustomized = kustomize(MANIFESTS / directory)
     helmed = helm_template(*sets)
     assert rbac(helmed) == rbac(kustomized)
+    # Read access to exactly the profile's CRD (normalize ignores resourceNames).
+    assert _crd_names(helmed) == _crd_names(kustomized)
     assert bindings(helmed) == bindings(kustomized)
     accounts = [(o["metadata"]["namespace"], o["metadata"]["name"]) for o in helmed if o["kind"] == "ServiceAccount"]
     assert accounts == [(NAMESPACE, NAME)]
@@ -304,6 +306,11 @@ def test_kustomize_and_helm_render_the_same_rbac(directory: str, sets: list[str]
     # Kustomize spells the served namespace $(POD_NAMESPACE); Helm knows it at render time.
     k_args = [a.replace("$(POD_NAMESPACE)", NAMESPACE) for a in _args(kustomized)]
     assert _args(helmed) == k_args
+
+
+def _crd_names(objects: list[Obj]) -> list[list[str]]:
+    return [rule.get("resourceNames", []) for o in objects if o["kind"] == "ClusterRole"
+            for rule in o["rules"] if "customresourcedefinitions" in rule.get("resources", [])]
 
 
 def test_copies_are_in_sync() -> None:

@@ -33,6 +33,8 @@ MONITORING_KINDS = ["ConfigMap", "PrometheusRule", "ServiceMonitor"]
 # Everything a user runs `kubectl delete -k` on.
 UNINSTALLABLE = ["", "variants/monitoring", "variants/koupleless", "variants/sofa-serverless", "variants/namespaced"]
 SECURE_ONLY = {("authentication.k8s.io", "tokenreviews"), ("authorization.k8s.io", "subjectaccessreviews")}
+# Cluster-scoped, so a Role cannot grant it: in namespaced mode the controller assumes its CRD is there.
+CRD_READ = ("apiextensions.k8s.io", "customresourcedefinitions")
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +114,8 @@ def test_koupleless_profiles(profile: str, default: list[Obj]) -> None:
     moved = {((GROUPS[profile] if g == GROUPS["seed"] else g), r): v for (g, r), v in seed_rules.items()}
     assert rules == moved
     assert GROUPS["seed"] not in json.dumps(objects)
+    crd_rules = [r for r in find(objects, "ClusterRole", NAME)["rules"] if r["resources"] == [CRD_READ[1]]]
+    assert [r["resourceNames"] for r in crd_rules] == [[f"moduledeployments.{GROUPS[profile]}"]]
     # Nothing but the args and the rules differ.
     strip = [o for o in objects if o["kind"] not in ("Deployment", "ClusterRole")]
     assert sorted(map(json.dumps, strip)) == sorted(
@@ -129,7 +133,7 @@ def test_namespaced_variant(default: list[Obj]) -> None:
     # The controller's Role: the ClusterRole's rules less the two only secure metrics need.
     role = normalize(find(objects, "Role", NAME)["rules"])
     cluster_role = normalize(find(default, "ClusterRole", NAME)["rules"])
-    assert role == {k: v for k, v in cluster_role.items() if k not in SECURE_ONLY}
+    assert role == {k: v for k, v in cluster_role.items() if k not in SECURE_ONLY and k != CRD_READ}
     binding = find(objects, "RoleBinding", NAME)
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE}]

@@ -25,6 +25,7 @@ EXPECTED_RULES: dict[tuple[str, str], set[str]] = {
     (GROUP, "moduledeployments/finalizers"): {"update"},
     ("", "services"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("", "pods"): {"get", "list", "watch"},
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("authentication.k8s.io", "tokenreviews"): {"create"},

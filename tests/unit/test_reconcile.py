@@ -15,6 +15,7 @@ import pytest
 
 from controller.moduleservice.desired import MANAGED_BY_LABEL, MANAGED_BY_VALUE, MD_API_VERSION, MODULE_LABEL
 from controller.moduleservice.mapping import ServiceKey, md_module, pod_modules
+from controller.moduleservice.profiles import PROFILES
 from controller.moduleservice.reconcile import (
     MD_MODULE_INDEX,
     POD_MODULE_INDEX,
@@ -98,7 +99,7 @@ class World:
         self.events = EventRecorder(None)
         self.reconciler = Reconciler(
             cast(KubeClient, self.client), mds=self.mds, services=self.services, pods=self.pods,
-            label_prefix=PREFIX, events=self.events)
+            profile=PROFILES["seed"], events=self.events)
 
 
 class TestReadYourWrites:

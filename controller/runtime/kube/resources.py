@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote
 
-__all__ = ["EVENTS", "LEASES", "PODS", "SERVICES", "Resource"]
+__all__ = ["CRDS", "EVENTS", "LEASES", "PODS", "SERVICES", "Resource"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,3 +36,5 @@ SERVICES = Resource("", "v1", "services", "Service")
 PODS = Resource("", "v1", "pods", "Pod")
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
 EVENTS = Resource("events.k8s.io", "v1", "events", "Event")
+CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",
+              namespaced=False)
