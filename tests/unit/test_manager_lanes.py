@@ -69,6 +69,7 @@ async def test_convergence_excludes_time_as_a_standby() -> None:
     async with manager() as m, anyio.create_task_group() as tg:
         # A change seen 100 s ago by this replica while it was a standby; it becomes the leader now.
         m._seen[KEY] = time.perf_counter() - standby
+        m._md_serving = True  # as _serve_mds sets it once the ModuleDeployment CRD is served and listed
         m.queue.add(KEY)
         tg.start_soon(m._work)
 
