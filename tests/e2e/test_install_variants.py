@@ -12,10 +12,8 @@ Deployment, under the installed ServiceAccount's token.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,6 @@ import pytest
 import yaml
 
 from tests.e2e.install_common import (
-    CONTROLLER_CMD,
     MD_CRD,
     ROOT,
     SA_NAME,
@@ -151,23 +148,9 @@ def test_namespaced_variant_installs_and_serves_only_its_namespace(team: tuple[I
 
 
 # ---------------------------------------------------------------------------------------------- profiles
-def _supports_profiles() -> bool:
-    proc = subprocess.run([*CONTROLLER_CMD, "--help"], capture_output=True, text=True, check=False, cwd=ROOT)
-    return "--profile" in proc.stdout
-
-
-# The controller's --profile flag lands with the Koupleless-profiles work (issue 9 items 1-4). Until
-# then these tests cannot run; once it is there they must pass: remove this marker then.
-needs_profiles = pytest.mark.skipif(not _supports_profiles(),
-                                    reason="the controller has no --profile flag yet (issue 9)")
-
-
-def _profile_crd(group: str) -> dict[str, Any]:
-    """The profile's CRD as a Koupleless install would have it: our schema under the profile's group."""
-    crd = yaml.safe_load((ROOT / "manifests" / "crd" / "moduledeployments.yaml").read_text(encoding="utf-8"))
-    crd = copy.deepcopy(crd)
-    crd["metadata"] = {"name": f"moduledeployments.{group}"}
-    crd["spec"]["group"] = group
+def _profile_crd(profile: str) -> dict[str, Any]:
+    """The profile's CRD as a real install has it (tests/data/crds: no CEL, a status that prunes ours)."""
+    crd = yaml.safe_load((ROOT / "tests" / "data" / "crds" / f"{profile}.yaml").read_text(encoding="utf-8"))
     return dict(crd)
 
 
@@ -180,7 +163,7 @@ def profile_install(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
     with dedicated_controlplane(tmp) as cp:
         installed = Installed(cp, tmp, "")
         try:
-            ok(kubectl(cp, "apply", "--server-side", "-f", "-", input=json.dumps(_profile_crd(group))))
+            ok(kubectl(cp, "apply", "--server-side", "-f", "-", input=json.dumps(_profile_crd(profile))))
             ok(kubectl(cp, "wait", "--for=condition=Established", "--timeout=60s", f"crd/moduledeployments.{group}"))
             proc = kubectl(cp, "apply", "-k", f"manifests/variants/{profile}", "--server-side")
             installed.output = proc.stdout + proc.stderr
@@ -192,7 +175,6 @@ def profile_install(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
                 process.stop()
 
 
-@needs_profiles
 def test_profile_variant_serves_its_group(profile_install: tuple[str, Installed]) -> None:
     profile, installed = profile_install
     group, prefix = PROFILES[profile]
