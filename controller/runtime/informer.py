@@ -37,7 +37,6 @@ Store objects are shared and read-only by contract.
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -583,8 +582,3 @@ def _in_loop() -> bool:
     except Exception:
         return False
     return True
-
-
-# Wall-clock helper for metrics that dashboards read as "seconds since" (time() - gauge).
-def wall_time() -> float:
-    return time.time()
