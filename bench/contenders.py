@@ -25,7 +25,7 @@ PEERS_CACHE = Path(os.environ.get("MSC_PEERS_CACHE", Path.home() / ".cache" / "m
 class Contender:
     key: str
     label: str
-    kind: str  # "msc" | "controller-runtime" | "kopf"
+    kind: str  # "msc" | "controller-runtime" | "kopf" | "floor" (no process)
     config: str  # the exact configuration, for the report
     args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
@@ -56,6 +56,11 @@ KOPF_TUNED = Contender("kopf-tuned", "kopf, tuned", "kopf",
                        "kopf 1.45.2 as above, tuned: settings.execution.max_workers = 16 (threads for the "
                        "synchronous handlers)",
                        env=(("KOPF_PEER_TUNED", "1"),))
+
+FLOOR = Contender("floor", "no controller (pipeline floor)", "floor",
+                  "no controller process: the benchmark itself creates each Service (with its owner reference) "
+                  "right after its ModuleDeployment, 16 such pairs in flight; what the API server and etcd "
+                  "take for the same 2N writes with no controller cost at all")
 
 BURST_CONTENDERS = (MSC, CR, CR_TUNED, KOPF, KOPF_TUNED)
 MEMORY_CONTENDERS = (MSC, CR, CR_PODS, KOPF)

@@ -60,6 +60,10 @@ log = structlog.get_logger(__name__)
 CONTROLLER_NAME = "moduleservice"
 STATUS_QUEUE_NAME = "moduleservice-status"
 _UNFINISHED_PERIOD = 0.5  # client-go's defaultUnfinishedWorkUpdatePeriod
+# Status and Events wait while the Service lane is busy: until it has been idle this long (a burst is
+# over), or until they have waited _LOW_PRIORITY_MAX_WAIT (sustained churn must not starve them).
+_SERVICE_LANE_QUIET = 0.25
+_LOW_PRIORITY_MAX_WAIT = 10.0
 
 
 class _Enqueue:
@@ -69,7 +73,7 @@ class _Enqueue:
     def __init__(
         self,
         queue: WorkQueue[ServiceKey],
-        seen: dict[ServiceKey, float],
+        seen: dict[ServiceKey, float] | None,
         keys: Callable[[JsonObj | None, JsonObj | None], Iterable[ServiceKey]],
         relevant: Callable[[JsonObj, JsonObj], bool] | None = None,
     ) -> None:
@@ -81,7 +85,8 @@ class _Enqueue:
     def _add(self, keys: Iterable[ServiceKey]) -> None:
         now = time.perf_counter()
         for key in keys:
-            self._seen.setdefault(key, now)
+            if self._seen is not None:
+                self._seen.setdefault(key, now)
             self._queue.add(key)
 
     def on_add(self, obj: JsonObj) -> None:
@@ -118,7 +123,7 @@ class Manager:
         self.mds = Store({MD_MODULE_INDEX: lambda md: [f"{_ns(md)}/{md_module(md)}"]})
         self.services = Store()
         self.pods = Store({POD_MODULE_INDEX: lambda p: [f"{_ns(p)}/{m}" for m, _ in pod_modules(p, prefix)]})
-        self.events = EventRecorder(client, instance=self.identity, idle=self.queue.wait_empty)
+        self.events = EventRecorder(client, instance=self.identity, idle=self._yield_to_services)
         self.elector: LeaderElector | None = None
         if config.leader_elect:
             self.elector = LeaderElector(
@@ -142,7 +147,9 @@ class Manager:
         enqueue_md = _Enqueue(self.queue, self._seen, md_keys)
         enqueue_svc = _Enqueue(self.queue, self._seen, lambda o, n: {k for x in (o, n) if x is not None
                                                                    if (k := service_key(x)) is not None})
-        enqueue_pod = _Enqueue(self.queue, self._seen, lambda o, n: pod_keys(o, n, prefix),
+        # Pods count only in status (ready replicas), never in the Service: their changes go straight
+        # to the status lane, so a relist of thousands of Pods costs no Service reconcile.
+        enqueue_pod = _Enqueue(self.status_queue, None, lambda o, n: pod_keys(o, n, prefix),
                                lambda o, n: pod_relevant_change(o, n, prefix))
         # ModuleDeployments are served only while their CRD is (see _serve_mds): the CRD may be missing at
         # start, deleted and re-created. Each incarnation gets fresh informers over the same store, whose
@@ -161,6 +168,7 @@ class Manager:
         self.crd_problem: str | None = "has not been looked up yet"
         self._crd_seen = False
         self._md_serving = False
+        self._pods_synced = False  # only the status lane needs Pods (ready counts)
         self._state_changed = anyio.Event()
         self.core_informers: list[Informer] = [self.crd_informer]
         # Only Pods with a module label and Services named like ours are cached: memory follows the
@@ -335,21 +343,33 @@ class Manager:
             await tg.start(self.status_queue.run)
             tg.start_soon(self._unfinished_loop)
             started = time.perf_counter()
+            deadline = anyio.current_time() + cfg.cache_sync_timeout
             with anyio.fail_after(cfg.cache_sync_timeout):
                 await self._check_crd_access()
-                for inf in self.core_informers:
-                    await tg.start(inf.run)
-            if self.crd_informer in self.core_informers:
-                self._crd_changed()  # the first list found it or not: say which, once
+                if self.crd_informer in self.core_informers:
+                    await tg.start(self.crd_informer.run)
+                    self._crd_changed()  # the first list found it or not: say which, once
+            # Every list at once (the API server encodes one while we decode another), and the
+            # ModuleDeployments' too: start-up costs the longest list, not their sum. The Service lane
+            # needs ModuleDeployments and Services; only the status lane waits for Pods as well.
             tg.start_soon(self._serve_mds)
-            log.info("caches_synced", seconds=round(time.perf_counter() - started, 3),
-                     moduledeployments=len(self.mds), services=len(self.services), pods=len(self.pods))
+            tg.start_soon(self._sync_pods, tg, deadline, started)
+            with anyio.fail_at(deadline):
+                await _start_all(tg, [inf for inf in self.core_informers if inf.resource is SERVICES])
             self.metrics.max_concurrent(cfg.workers)
             if self.elector is not None:
                 await self.elector.run(self._work)
             else:
                 await self._work()
             tg.cancel_scope.cancel()
+
+    async def _sync_pods(self, tg: TaskGroup, deadline: float, started: float) -> None:
+        with anyio.fail_at(deadline):
+            await _start_all(tg, [inf for inf in self.core_informers if inf.resource is PODS])
+        self._pods_synced = True
+        self._notify()
+        log.info("caches_synced", seconds=round(time.perf_counter() - started, 3),
+                 moduledeployments=len(self.mds), services=len(self.services), pods=len(self.pods))
 
     def request_stop(self) -> None:
         """Graceful stop, as on SIGTERM (tests and embedding use this)."""
@@ -419,17 +439,30 @@ class Manager:
 
     async def _status_worker(self, n: int) -> None:
         while not self._stopping.is_set():
-            await self._wait_for(lambda: self._md_serving or self._stopping.is_set())
-            await self.queue.wait_empty()  # Services first: status is informational
+            await self._wait_for(lambda: (self._md_serving and self._pods_synced) or self._stopping.is_set())
             try:
                 key = await self.status_queue.get()
             except ShutDown:
                 return
             try:
+                since = self.status_queue.handed_out_added_at(key)
+                await self._yield_to_services(time.monotonic() if since is None else since)
                 if not self._stopping.is_set() and self._md_serving:
                     await self._process_status(key)
             finally:
                 self.status_queue.done(key)
+
+    async def _yield_to_services(self, since: float) -> None:
+        """Services first: status and Events are informational. Returns once the Service lane has been
+        idle for _SERVICE_LANE_QUIET (so a burst's API capacity goes to Services, and the status of a
+        burst is written after it), or once the work has waited _LOW_PRIORITY_MAX_WAIT since ``since``
+        (a monotonic time), so sustained churn delays status by that much at most, never starves it."""
+        while not self._stopping.is_set():
+            idle = self.queue.idle_for()
+            waited = time.monotonic() - since
+            if idle >= _SERVICE_LANE_QUIET or waited >= _LOW_PRIORITY_MAX_WAIT:
+                return
+            await anyio.sleep(min(_SERVICE_LANE_QUIET - idle, _LOW_PRIORITY_MAX_WAIT - waited))
 
     async def _process_status(self, key: ServiceKey) -> None:
         started = time.perf_counter()
@@ -532,6 +565,13 @@ class _Changed:
 
     def on_delete(self, obj: JsonObj) -> None:
         self._fn()
+
+
+async def _start_all(tg: TaskGroup, informers: Iterable[Informer]) -> None:
+    """Starts the informers in ``tg`` together; returns once every one has synced."""
+    async with anyio.create_task_group() as starting:
+        for inf in informers:
+            starting.start_soon(tg.start, inf.run)
 
 
 def _synced_check(inf: Informer) -> Callable[[], str | None]:

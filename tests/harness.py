@@ -329,16 +329,17 @@ def controller_config(kubeconfig: str, namespace: str, **overrides: Any) -> Conf
 
 
 @asynccontextmanager
-async def running_controller(config: Config) -> AsyncIterator[Manager]:
+async def running_controller(config: Config, *, wait_synced: bool = True) -> AsyncIterator[Manager]:
     """Runs a Manager in a task group opened by the caller's test body (never across a fixture yield)
-    and stops it on exit. Yields once its caches have synced."""
+    and stops it on exit. Yields once its caches have synced (at once with ``wait_synced=False``)."""
     client = TrackingKubeClient(await load_configuration(config.kubeconfig))
     async with client:
         registry = CollectorRegistry()
         manager = Manager(config, client, registry=registry, metrics=Metrics(registry), handle_signals=False)
         async with anyio.create_task_group() as tg:
             tg.start_soon(manager.run)
-            await wait_for(_synced(manager), timeout=60, what="controller caches to sync")
+            if wait_synced:
+                await wait_for(_synced(manager), timeout=60, what="controller caches to sync")
             try:
                 yield manager
             finally:

@@ -48,7 +48,7 @@ def now_rfc3339() -> str:
 
 class EventRecorder:
     def __init__(self, client: KubeClient | None, *, instance: str = "",
-                 idle: Callable[[], Awaitable[None]] | None = None,
+                 idle: Callable[[float], Awaitable[None]] | None = None,
                  correlator: EventCorrelator | None = None) -> None:
         self._client = client
         self._idle = idle
@@ -58,6 +58,7 @@ class EventRecorder:
         # a waiting Event updates it in place (first send a POST, later ones a PATCH of count).
         self._pending: deque[str] = deque()
         self._bodies: dict[str, tuple[bool, dict[str, Any]]] = {}  # name -> (create?, body)
+        self._since: dict[str, float] = {}  # name -> when it started waiting (time.monotonic)
         self._wake = anyio.Event()
         self.dropped = 0
 
@@ -91,6 +92,7 @@ class EventRecorder:
         }
         if waiting is None:
             self._pending.append(obs.name)
+            self._since.setdefault(obs.name, time.monotonic())
             self._bodies[obs.name] = (obs.count == 1, body)
         else:
             self._bodies[obs.name] = (waiting[0], body)  # still a create if the create has not gone out
@@ -102,9 +104,13 @@ class EventRecorder:
             await self._wake.wait()
             self._wake = anyio.Event()
             while self._pending:
-                if self._idle is not None:
-                    await self._idle()  # reconciles first: events are informational
                 name = self._pending[0]
+                if self._idle is not None:
+                    # Reconciles first: events are informational. The owner decides how long an event
+                    # may wait, from when it started waiting.
+                    await self._idle(self._since.get(name, time.monotonic()))
+                    if not self._pending or self._pending[0] != name:
+                        continue
                 create, body = self._bodies[name]
                 try:
                     if self._client is not None:
@@ -115,6 +121,7 @@ class EventRecorder:
                     # Popped only now, so a repeat recorded during the send queues a new send.
                     if self._bodies.get(name, (create, body))[1] is body:
                         del self._bodies[name]
+                        self._since.pop(name, None)
                         self._pending.popleft()
                     else:
                         self._bodies[name] = (False, self._bodies[name][1])

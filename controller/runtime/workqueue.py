@@ -211,6 +211,8 @@ class WorkQueue(Generic[T]):
         self._dirty: set[T] = set()
         self._processing: dict[T, float] = {}  # item -> get() time
         self._added_at: dict[T, float] = {}  # item -> first add (or becoming ready) time
+        self._handed_added_at: dict[T, float] = {}  # item being processed -> when it was first added
+        self._last_busy = -math.inf  # the last add or done: the start of the current idle spell
         self._waiting: dict[T, tuple[float, int]] = {}  # item -> (ready_at, seq) of its live heap entry
         self._heap: list[tuple[float, int, T]] = []  # seq breaks ties, so T need not be orderable
         self._seq = 0
@@ -229,7 +231,8 @@ class WorkQueue(Generic[T]):
             return  # dedup: no metric, like client-go
         self._dirty.add(item)
         self._adds += 1
-        self._added_at.setdefault(item, self._clock.now())
+        self._last_busy = self._clock.now()
+        self._added_at.setdefault(item, self._last_busy)
         self._metrics.add()
         self._metrics.depth(len(self._dirty))
         if item not in self._processing:  # otherwise done() queues it
@@ -260,12 +263,15 @@ class WorkQueue(Generic[T]):
         added = self._added_at.pop(item, None)
         if added is not None:
             self._metrics.queue_latency(now - added)
+            self._handed_added_at[item] = added
         return item
 
     def done(self, item: T) -> None:
         started = self._processing.pop(item, None)
         if started is None:
             return  # not handed out: ignoring it avoids pushing a dirty item twice
+        self._handed_added_at.pop(item, None)
+        self._last_busy = self._clock.now()
         self._metrics.work_duration(self._clock.now() - started)
         if item in self._dirty:  # re-added while processing: run it once more
             self._push(item)
@@ -309,6 +315,17 @@ class WorkQueue(Generic[T]):
     def added_at(self, item: T) -> float | None:
         """Clock time the item was first added (or became ready) and not yet handed out."""
         return self._added_at.get(item)
+
+    def handed_out_added_at(self, item: T) -> float | None:
+        """For an item now being processed: clock time it was first added (or became ready)."""
+        return self._handed_added_at.get(item)
+
+    def idle_for(self) -> float:
+        """Seconds since the queue last had an item ready or in processing (0 while it has). Not in
+        client-go: lets a lower-priority lane stay out of this one's bursts, not just its backlog."""
+        if self._queue or self._processing:
+            return 0.0
+        return self._clock.now() - self._last_busy
 
     # -- delaying_queue.go / rate_limiting_queue.go ---------------------------------------------
 

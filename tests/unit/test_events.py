@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import time
 from typing import Any, cast
 
 import anyio
@@ -196,6 +197,34 @@ class TestRecorder:
         assert methods == [("POST", "ServiceUpdated"), ("POST", "Other"), ("PATCH", "one")]
         counts = sorted(e["count"] for e in api.events.values())
         assert counts == [10, 11]
+
+    async def test_each_send_waits_for_the_owner_with_the_time_it_started_waiting(self) -> None:
+        api = FakeEventsApi()
+        asked: list[float] = []
+        opened = anyio.Event()
+
+        async def idle(since: float) -> None:  # the owner's gate (the Manager: Services first)
+            asked.append(since)
+            await opened.wait()
+
+        rec = EventRecorder(cast(KubeClient, api), idle=idle)
+        async with anyio.create_task_group() as tg:
+            await tg.start(rec.run)
+            before = time.monotonic()
+            rec.record(REF, "Normal", "ServiceCreated", "one")
+            after = time.monotonic()
+            with anyio.fail_after(10):
+                while not asked:
+                    await anyio.sleep(0.001)
+            rec.record(REF, "Normal", "ServiceCreated", "two")
+            await anyio.sleep(0.01)
+            assert api.calls == [], "nothing goes out while the owner holds the gate"
+            opened.set()
+            await drain(rec)
+            tg.cancel_scope.cancel()
+        assert before <= asked[0] <= after
+        assert asked[1] >= asked[0], "the second event waits from its own record time"
+        assert [b["message"] for _, _, b in api.calls] == ["one", "two"]
 
     async def test_expired_event_is_created_again(self) -> None:
         api = FakeEventsApi()

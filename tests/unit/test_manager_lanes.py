@@ -16,6 +16,7 @@ import anyio
 import pytest
 from prometheus_client import CollectorRegistry
 
+import controller.manager as manager_module
 from controller.config import Config
 from controller.manager import STATUS_QUEUE_NAME, Manager
 from controller.moduleservice.mapping import ServiceKey
@@ -83,3 +84,57 @@ async def test_convergence_excludes_time_as_a_standby() -> None:
         m.queue.shutdown()
         m.status_queue.shutdown()
         tg.cancel_scope.cancel()
+
+
+class TestServicesFirst:
+    """Status and Events wait while the Service lane is busy: until it has been idle for a moment (the
+    burst is over), or until they have waited the longest allowed (churn never starves them)."""
+
+    async def test_returns_at_once_when_the_service_lane_is_idle(self) -> None:
+        async with manager() as m:
+            with anyio.fail_after(5):
+                await m._yield_to_services(time.monotonic())
+
+    async def test_waits_out_a_burst_then_returns_when_it_ends(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(manager_module, "_SERVICE_LANE_QUIET", 0.2)
+        async with manager() as m, anyio.create_task_group() as tg:
+            burst_over = anyio.Event()
+
+            async def burst() -> None:
+                for i in range(40):  # a key every 10 ms for 0.4 s: never idle for 0.2 s
+                    m.queue.add(ServiceKey("ns", f"m{i}-service"))
+                    await m.queue.get()
+                    m.queue.done(ServiceKey("ns", f"m{i}-service"))
+                    await anyio.sleep(0.01)
+                burst_over.set()
+
+            tg.start_soon(burst)
+            while m.queue.idle_for() > 0.2:  # until the burst has begun
+                await anyio.sleep(0.001)
+            with anyio.fail_after(10):
+                await m._yield_to_services(time.monotonic())
+            assert burst_over.is_set(), "status must not go out in the middle of a burst"
+            assert m.queue.idle_for() >= 0.2
+
+    async def test_sustained_churn_delays_but_never_starves(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(manager_module, "_SERVICE_LANE_QUIET", 0.2)
+        monkeypatch.setattr(manager_module, "_LOW_PRIORITY_MAX_WAIT", 0.5)
+        async with manager() as m, anyio.create_task_group() as tg:
+            churning = anyio.Event()
+
+            async def churn() -> None:
+                while True:
+                    m.queue.add(KEY)
+                    await m.queue.get()
+                    m.queue.done(KEY)
+                    churning.set()
+                    await anyio.sleep(0.01)
+
+            tg.start_soon(churn)
+            await churning.wait()
+            since = time.monotonic()
+            with anyio.fail_after(10):
+                await m._yield_to_services(since)
+            assert time.monotonic() - since >= 0.5
+            assert m.queue.idle_for() < 0.2, "returned for its age, not because the churn paused"
+            tg.cancel_scope.cancel()

@@ -104,6 +104,43 @@ class TestWorkQueue:
             await q.wait_empty()  # already empty: returns at once
 
     @pytest.mark.asyncio
+    async def test_idle_for_counts_from_the_last_add_or_done(self) -> None:
+        clock = FakeClock(100.0)
+        q: WorkQueue[str] = WorkQueue(clock=clock)
+        assert q.idle_for() == float("inf")  # never busy
+        q.add("a")
+        clock.advance(5)
+        assert q.idle_for() == 0.0  # an item is ready
+        assert await q.get() == "a"
+        assert q.handed_out_added_at("a") == 100.0
+        clock.advance(5)
+        assert q.idle_for() == 0.0  # an item is in processing
+        q.done("a")
+        assert q.handed_out_added_at("a") is None
+        clock.advance(0.25)
+        assert q.idle_for() == 0.25
+        q.add("b")  # a burst goes on: idle again only after it
+        assert await q.get() == "b"
+        q.done("b")
+        clock.advance(0.1)
+        assert q.idle_for() == pytest.approx(0.1)
+
+    @pytest.mark.asyncio
+    async def test_handed_out_added_at_is_the_first_add_not_a_readd(self) -> None:
+        clock = FakeClock()
+        q: WorkQueue[str] = WorkQueue(clock=clock)
+        q.add("a")
+        clock.advance(1)
+        q.add("a")  # deduplicated: still added at 0
+        assert await q.get() == "a"
+        clock.advance(1)
+        q.add("a")  # re-added while processing: a new item, added at 2
+        assert q.handed_out_added_at("a") == 0.0
+        q.done("a")
+        assert await q.get() == "a"
+        assert q.handed_out_added_at("a") == 2.0
+
+    @pytest.mark.asyncio
     async def test_key_never_processed_by_two_workers(self) -> None:
         q: WorkQueue[str] = WorkQueue(clock=FakeClock())
         got: list[str] = []
