@@ -94,7 +94,7 @@ async def ceiling_phase(client: KubeClient, prefix: str, n: int, concurrency: in
     return done - started
 
 
-async def pipeline_phase(client: KubeClient, prefix: str, n: int, concurrency: int, *, ns: str = RAW_NS) -> float:
+async def pipeline_phase(client: KubeClient, prefix: str, n: int, concurrency: int) -> float:
     modules = [f"{prefix}-m{i}" for i in range(n)]
     expected = {f"{m}-service": (m, f"md-{m}") for m in modules}
 
@@ -102,15 +102,15 @@ async def pipeline_phase(client: KubeClient, prefix: str, n: int, concurrency: i
         want = expected.get(name)
         return want is not None and service_ok(svc, want[0], want[1])
 
-    watch = Watch(client, SERVICES.path(ns), check)
+    watch = Watch(client, SERVICES.path(RAW_NS), check)
 
     async def one(module: str) -> None:
-        md = await create(client, MODULE_DEPLOYMENTS.path(ns), module_deployment(f"md-{module}", module))
+        md = await create(client, MODULE_DEPLOYMENTS.path(RAW_NS), module_deployment(f"md-{module}", module))
         svc = raw_service(module)
         svc["metadata"]["ownerReferences"] = [{
             "apiVersion": md["apiVersion"], "kind": md["kind"], "name": md["metadata"]["name"],
             "uid": md["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}]
-        await create(client, SERVICES.path(ns), svc)
+        await create(client, SERVICES.path(RAW_NS), svc)
 
     async with anyio.create_task_group() as tg:
         await tg.start(watch.run)

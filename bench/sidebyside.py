@@ -28,7 +28,6 @@ from controller.runtime.kube.client import JsonObj, KubeClient
 from controller.runtime.kube.resources import SERVICES
 from tests.harness import module_deployment
 
-from .burst import pipeline_phase
 from .common import (
     _LIVE_CONTROLLERS,
     BenchError,
@@ -39,12 +38,14 @@ from .common import (
     Watch,
     bounded,
     cluster,
+    create,
     create_mds,
     create_namespace,
     create_pods_in,
     kube_client,
     metric,
     pod,
+    raw_service,
     say,
     server_version,
     service_ok,
@@ -127,6 +128,40 @@ async def _burst_once(client: KubeClient, prefix: str, n: int, concurrency: int,
     return done - started
 
 
+async def _floor_once(client: KubeClient, prefix: str, n: int, concurrency: int, timeout: float) -> float:
+    """A controller that costs nothing: each Service is POSTed (with its owner reference) the moment its
+    ModuleDeployment's create returns, before any watch could tell of it, while the ModuleDeployment creates
+    keep ``concurrency`` in flight. Timed like the contenders."""
+    modules = [f"{prefix}-m{i}" for i in range(n)]
+    expected = {f"{m}-service": (m, f"md-{m}") for m in modules}
+
+    def check(name: str, svc: JsonObj) -> bool:
+        want = expected.get(name)
+        return want is not None and service_ok(svc, want[0], want[1])
+
+    watch = Watch(client, SERVICES.path(NS), check)
+    async with anyio.create_task_group() as tg, anyio.create_task_group() as services:
+        await tg.start(watch.run)
+
+        async def service_of(md: JsonObj) -> None:
+            module = md["metadata"]["name"].removeprefix("md-")
+            svc = raw_service(module)
+            svc["metadata"]["ownerReferences"] = [{
+                "apiVersion": md["apiVersion"], "kind": md["kind"], "name": md["metadata"]["name"],
+                "uid": md["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}]
+            await create(client, SERVICES.path(NS), svc)
+
+        async def one(module: str) -> None:
+            md = await create(client, MODULE_DEPLOYMENTS.path(NS), module_deployment(f"md-{module}", module))
+            services.start_soon(service_of, md)
+
+        started = time.perf_counter()
+        await bounded(concurrency, modules, one)
+        done = await watch.wait_all(expected, timeout)
+        tg.cancel_scope.cancel()
+    return done - started
+
+
 def _ratio_figures(res: BenchResult, what: str, unit_of: dict[str, Figure], ref: Contender,
                    contenders: Sequence[Contender], *, bounds: dict[str, tuple[str, float, str]] | None = None) -> None:
     """Per-round ratios of each contender's figure to the reference contender's, as figures."""
@@ -165,8 +200,8 @@ async def run_burst(sizes: Sizes) -> BenchResult:
                 res.facts["kube-apiserver"] = await server_version(client)
                 await create_namespace(client, NS)
                 if c is FLOOR:
-                    await pipeline_phase(client, "w", warm, conc, ns=NS)
-                    secs[c.key].values.append(await pipeline_phase(client, "b", n, conc, ns=NS))
+                    await _floor_once(client, "w", warm, conc, timeout)
+                    secs[c.key].values.append(await _floor_once(client, "b", n, conc, timeout))
                     say(f"vs-burst round {round_no + 1}/{rounds} {c.key}: {secs[c.key].values[-1]:.1f}s, "
                         f"load {load_average()[0]:.2f}")
                     continue
