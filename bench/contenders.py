@@ -29,6 +29,7 @@ class Contender:
     config: str  # the exact configuration, for the report
     args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
+    wrapper: tuple[str, ...] = ()  # e.g. ("env", "PYTHONPATH=DIR"): this controller from another tree
 
 
 MSC = Contender("msc", "this controller", "msc",
@@ -67,6 +68,29 @@ BURST_CONTENDERS = (MSC, CR, CR_TUNED, KOPF, KOPF_TUNED)
 MEMORY_CONTENDERS = (MSC, CR, CR_PODS, KOPF)
 
 
+def baseline() -> Contender | None:
+    """This controller from another tree, for a before/after in the same run: ``MSC_BENCH_BASELINE=DIR``
+    where DIR holds that tree's ``controller`` package (``git archive <commit> controller | tar -x -C DIR``),
+    run with this venv, first on ``PYTHONPATH``."""
+    root = os.environ.get("MSC_BENCH_BASELINE")
+    if not root or not (Path(root) / "controller").is_dir():
+        return None
+    name = Path(root).name
+    return Contender("msc-baseline", f"this controller at {name}", "msc",
+                     f"module-service-controller from the tree {name} (MSC_BENCH_BASELINE), defaults, the same "
+                     "venv", wrapper=("env", f"PYTHONPATH={Path(root).resolve()}"))
+
+
+def burst_contenders() -> tuple[Contender, ...]:
+    extra = baseline()
+    return (MSC, *(() if extra is None else (extra,)), *BURST_CONTENDERS[1:])
+
+
+def memory_contenders() -> tuple[Contender, ...]:
+    extra = baseline()
+    return (MSC, *(() if extra is None else (extra,)), *MEMORY_CONTENDERS[1:])
+
+
 def build_peers() -> dict[str, Path]:
     """Builds (or reuses from the cache) every peer; returns {"controller-runtime": binary, "kopf": script}."""
     proc = subprocess.run(["bash", str(PEERS_DIR / "build.sh"), str(PEERS_CACHE)], capture_output=True, text=True,
@@ -89,7 +113,8 @@ class Process(Controller):
                  *, log_level: str = "warning") -> None:
         self.contender = contender
         if contender.kind == "msc":
-            super().__init__(kubeconfig, workdir, name, args=contender.args, log_level=log_level)
+            super().__init__(kubeconfig, workdir, name, args=contender.args, log_level=log_level,
+                             wrapper=contender.wrapper)
             return
         self.name = name
         self.metrics_port = free_port()

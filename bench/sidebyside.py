@@ -52,17 +52,17 @@ from .common import (
     wait_quiet,
 )
 from .contenders import (
-    BURST_CONTENDERS,
     CR_PODS,
     CR_TUNED,
     FLOOR,
     KOPF,
-    MEMORY_CONTENDERS,
     MSC,
     Contender,
     Process,
     apiserver_writes,
     build_peers,
+    burst_contenders,
+    memory_contenders,
 )
 from .report import load_average
 
@@ -182,20 +182,21 @@ async def run_burst(sizes: Sizes) -> BenchResult:
     n, conc, rounds = sizes.vs_burst_mds, sizes.burst_concurrency, sizes.vs_runs
     res = BenchResult("vs-burst", f"7. Side by side, burst and idle: {n} ModuleDeployments at concurrency {conc}")
     peers = await anyio.to_thread.run_sync(build_peers)
+    contenders = burst_contenders()
     secs = {c.key: res.figure(f"time to all {n} Services right: {c.label}", "s", digits=2)
-            for c in (*BURST_CONTENDERS, FLOOR)}
-    cpu = {c.key: res.figure(f"CPU s until quiet: {c.label}", "s") for c in BURST_CONTENDERS}
-    writes = {c.key: res.figure(f"API writes per ModuleDeployment: {c.label}", "", digits=2) for c in BURST_CONTENDERS}
-    rss = {c.key: res.figure(f"RSS after the burst: {c.label}", "MiB", digits=0) for c in BURST_CONTENDERS}
+            for c in (*contenders, FLOOR)}
+    cpu = {c.key: res.figure(f"CPU s until quiet: {c.label}", "s") for c in contenders}
+    writes = {c.key: res.figure(f"API writes per ModuleDeployment: {c.label}", "", digits=2) for c in contenders}
+    rss = {c.key: res.figure(f"RSS after the burst: {c.label}", "MiB", digits=0) for c in contenders}
     idle = {c.key: res.figure(f"API writes in {sizes.idle_window:.0f} s idle: {c.label}", "", target="0",
-                              bound=("le", 0.0), digits=0) for c in BURST_CONTENDERS}
+                              bound=("le", 0.0), digits=0) for c in contenders}
     idle_cpu = {c.key: res.figure(f"CPU s in {sizes.idle_window:.0f} s idle: {c.label}", "s", digits=3)
-                for c in BURST_CONTENDERS}
+                for c in contenders}
     warm = max(10, n // 10)
     timeout = 180.0 + n * 0.5
     loads: list[str] = []
     for round_no in range(rounds):
-        for c in rotated((*BURST_CONTENDERS, FLOOR), round_no):
+        for c in rotated((*contenders, FLOOR), round_no):
             async with cluster(f"vs-burst-{round_no + 1}-{c.key}") as cl, kube_client(cl.kubeconfig) as client:
                 res.facts["kube-apiserver"] = await server_version(client)
                 await create_namespace(client, NS)
@@ -225,14 +226,14 @@ async def run_burst(sizes: Sizes) -> BenchResult:
                     f"load {load_average()[0]:.2f}")
                 await proc.stop()
         loads.append(f"{load_average()[0]:.2f}")
-    _ratio_figures(res, "time to all Services", secs, CR_TUNED, (*BURST_CONTENDERS, FLOOR),
+    _ratio_figures(res, "time to all Services", secs, CR_TUNED, (*contenders, FLOOR),
                    bounds={MSC.key: ("le", 0.7, "≤ 0.7x")})
     kopf_ratio = res.figure(f"time to all Services: {MSC.label} / {KOPF.label}", "x", target="≤ 0.5x",
                             bound=("le", 0.5), digits=2)
     kopf_ratio.values = [a / b for a, b in zip(secs[MSC.key].values, secs[KOPF.key].values, strict=False) if b]
-    _ratio_figures(res, "CPU s", cpu, CR_TUNED, BURST_CONTENDERS)
+    _ratio_figures(res, "CPU s", cpu, CR_TUNED, contenders)
     res.facts["1-minute load average after each round"] = ", ".join(loads)
-    for c in (*BURST_CONTENDERS, FLOOR):
+    for c in (*contenders, FLOOR):
         res.facts[f"configuration of '{c.label}'"] = c.config
     res.notes.append(
         f"{rounds} rounds; in each, every contender runs alone on a fresh control plane (the order rotates between "
@@ -303,18 +304,19 @@ async def run_memory(sizes: Sizes) -> BenchResult:
     res = BenchResult("vs-memory", f"8. Side by side, start-up and memory: {m} ModuleDeployments, {p} module Pods "
                                    f"and {m} Services present")
     peers = await anyio.to_thread.run_sync(build_peers)
+    contenders = memory_contenders()
     first = {c.key: res.figure(f"process start → first reconcile: {c.label}", "s", digits=2)
-             for c in MEMORY_CONTENDERS}
+             for c in contenders}
     start_writes = {c.key: res.figure(f"API writes until quiet after start: {c.label}", "", digits=0)
-                    for c in MEMORY_CONTENDERS}
-    rss = {c.key: res.figure(f"RSS once quiet: {c.label}", "MiB", digits=1) for c in MEMORY_CONTENDERS}
-    empty = {c.key: res.figure(f"RSS at empty start: {c.label}", "MiB", digits=1) for c in MEMORY_CONTENDERS}
+                    for c in contenders}
+    rss = {c.key: res.figure(f"RSS once quiet: {c.label}", "MiB", digits=1) for c in contenders}
+    empty = {c.key: res.figure(f"RSS at empty start: {c.label}", "MiB", digits=1) for c in contenders}
     namespaces = [f"{NS}-{i}" for i in range(sizes.memory_namespaces)]
     timeout = 300.0 + m * 0.3
     async with cluster("vs-memory") as cl, kube_client(cl.kubeconfig) as client:
         res.facts["kube-apiserver"] = await server_version(client)
         # Empty start first, on the empty cluster.
-        for c in MEMORY_CONTENDERS:
+        for c in contenders:
             proc = spawn(cl, c, peers, f"vs-empty-{c.key}")
             await proc.wait_ready(timeout=180)
             await anyio.sleep(SETTLE)
@@ -323,7 +325,7 @@ async def run_memory(sizes: Sizes) -> BenchResult:
         res.facts["state"] = await _build_loaded_cluster(cl, client, sizes, peers)
         say(f"vs-memory: {res.facts['state']}")
         for round_no in range(rounds):
-            for c in rotated(MEMORY_CONTENDERS, round_no):
+            for c in rotated(contenders, round_no):
                 writes_before = await apiserver_writes(cl.cp)
                 proc = spawn(cl, c, peers, f"vs-{c.key}-{round_no}", log_level="info")
                 first[c.key].values.append(await proc.wait_first_reconcile(timeout=300))
@@ -342,11 +344,11 @@ async def run_memory(sizes: Sizes) -> BenchResult:
                 if c.kind == "kopf":
                     cleaned = await _remove_kopf_annotations(client, namespaces, sizes.load_concurrency)
                     say(f"vs-memory: removed kopf's annotations from {cleaned} ModuleDeployments")
-    _ratio_figures(res, "first reconcile", first, CR_PODS, MEMORY_CONTENDERS,
+    _ratio_figures(res, "first reconcile", first, CR_PODS, contenders,
                    bounds={MSC.key: ("le", 1.5, "≤ 1.5x")})
-    _ratio_figures(res, "RSS once quiet", rss, CR_PODS, MEMORY_CONTENDERS,
+    _ratio_figures(res, "RSS once quiet", rss, CR_PODS, contenders,
                    bounds={MSC.key: ("le", 1.5, "≤ 1.5x")})
-    for c in MEMORY_CONTENDERS:
+    for c in contenders:
         res.facts[f"configuration of '{c.label}'"] = c.config
     res.notes.append(
         f"One control plane; the state is built once. {rounds} rounds; in each, a fresh process of every contender "

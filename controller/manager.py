@@ -213,7 +213,7 @@ class Manager:
             Informer(self.client, resource, store=store, namespace=ns, handlers=[handler], transform=transform,
                      metrics=self.metrics.informer_metrics(resource.plural),
                      idle_timeout=self.config.watch_idle_timeout, keep=keep,
-                     stream_lists=self.config.streaming_lists)
+                     stream_lists=self.config.streaming_lists, compact_lists=True)  # slim_* return JSON
             for ns in scopes
         ]
 

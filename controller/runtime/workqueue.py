@@ -217,7 +217,6 @@ class WorkQueue(Generic[T]):
         self._heap: list[tuple[float, int, T]] = []  # seq breaks ties, so T need not be orderable
         self._seq = 0
         self._getters: deque[anyio.Event] = deque()
-        self._empty_waiters: list[anyio.Event] = []
         self._run_wakeup = anyio.Event()
         self._drained = anyio.Event()
         self._shutting_down = False
@@ -254,8 +253,6 @@ class WorkQueue(Generic[T]):
                     self._getters.remove(waiter)
                 raise
         item = self._queue.popleft()
-        if not self._queue:
-            self._wake_empty_waiters()
         now = self._clock.now()
         self._dirty.discard(item)
         self._processing[item] = now
@@ -283,20 +280,6 @@ class WorkQueue(Generic[T]):
         while self._getters:  # every getter re-checks; those finding the queue empty raise ShutDown
             self._getters.popleft().set()
         self._run_wakeup.set()
-        self._wake_empty_waiters()
-
-    async def wait_empty(self) -> None:
-        """Returns once no item is ready. Lets a lower-priority consumer yield to this queue's backlog
-        without polling (not in client-go; our status lane uses it)."""
-        while self._queue and not self._shutting_down:
-            waiter = anyio.Event()
-            self._empty_waiters.append(waiter)
-            await waiter.wait()
-
-    def _wake_empty_waiters(self) -> None:
-        waiters, self._empty_waiters = self._empty_waiters, []
-        for waiter in waiters:
-            waiter.set()
 
     async def shutdown_with_drain(self) -> None:
         self.shutdown()

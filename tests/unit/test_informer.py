@@ -9,6 +9,7 @@ deadlines; there are no bare sleeps. The informer's backoff is shrunk to 10-50 m
 from __future__ import annotations
 
 import copy
+import sys
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -759,6 +760,27 @@ class TestTransform:
                 await rec.wait_calls(2)
                 assert all("spec" not in o for o in inf.store.values())
                 tg.cancel_scope.cancel()
+
+    async def test_compacted_list_keeps_the_same_objects_recreated(self) -> None:
+        fake = FakeApiServer([pod(n, 10 + i) for i, n in enumerate("abcde")], rv=100)
+        kept: list[JsonObj] = []
+
+        def slim(obj: JsonObj) -> JsonObj:
+            out = {"metadata": {k: obj["metadata"][k] for k in ("name", "namespace", "resourceVersion")}}
+            kept.append(out)
+            return out
+
+        with anyio.fail_after(DEADLINE):
+            async with serving(fake) as client, anyio.create_task_group() as tg:
+                inf = Informer(client, PODS, store=Store(), namespace=NS, handlers=[Recorder()], transform=slim,
+                               page_size=2, compact_lists=True)
+                await tg.start(inf.run)
+                stored = sorted(inf.store.values(), key=lambda o: o["metadata"]["name"])
+                assert stored == kept, "the same content"
+                assert all(a is not b for a, b in zip(stored, kept, strict=True)), "re-created, not the originals"
+                assert all(o["metadata"]["namespace"] is sys.intern(NS) for o in stored)
+                tg.cancel_scope.cancel()
+
 
 class TestStore:
     def test_strip_managed_fields(self) -> None:

@@ -81,29 +81,6 @@ class TestWorkQueue:
         assert q.statistics().adds == 2
 
     @pytest.mark.asyncio
-    async def test_wait_empty_returns_only_once_no_item_is_ready(self) -> None:
-        q: WorkQueue[str] = WorkQueue(clock=FakeClock())
-        returned = anyio.Event()
-
-        async def lower_priority() -> None:
-            await q.wait_empty()
-            returned.set()
-
-        q.add("a")
-        q.add("b")
-        with anyio.fail_after(DEADLINE):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(lower_priority)
-                await settle()
-                assert not returned.is_set()
-                await q.get()
-                await settle()
-                assert not returned.is_set()  # "b" is still ready
-                await q.get()
-                await returned.wait()
-            await q.wait_empty()  # already empty: returns at once
-
-    @pytest.mark.asyncio
     async def test_idle_for_counts_from_the_last_add_or_done(self) -> None:
         clock = FakeClock(100.0)
         q: WorkQueue[str] = WorkQueue(clock=clock)
