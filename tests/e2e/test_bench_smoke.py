@@ -74,6 +74,8 @@ def test_bench_smoke_side_by_side_with_the_peers(tmp_path: Path) -> None:
         assert burst[f"API writes per ModuleDeployment: {label}"] >= 1
         assert burst[f"API writes in 3 s idle: {label}"] == 0
     assert burst["time to all Services: this controller / controller-runtime, tuned"] > 0
+    assert burst["time to all 30 Services right: no controller (floor)"] > 0  # the floor round ran
+    assert burst["time to all Services: no controller (floor) / controller-runtime, tuned"] > 0
     memory = {f["name"]: f["median"] for f in results["vs-memory"]["figures"]}
     for label in ("this controller", "controller-runtime, defaults", "controller-runtime, tuned, caching Pods too",
                   "kopf, defaults"):
