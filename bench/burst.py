@@ -16,7 +16,7 @@ import time
 import anyio
 
 from controller.moduleservice.resources import MODULE_DEPLOYMENTS
-from controller.runtime.kube.client import JsonObj, KubeClient
+from controller.runtime.kube.client import KubeClient
 from controller.runtime.kube.resources import SERVICES
 from tests.harness import module_deployment
 
@@ -28,6 +28,7 @@ from .common import (
     Watch,
     api_writes,
     bounded,
+    burst_watch,
     cluster,
     create,
     create_mds,
@@ -52,14 +53,7 @@ def _timeout(n: int) -> float:
 async def controller_phase(client: KubeClient, ctl: Controller, prefix: str, n: int,
                            concurrency: int) -> tuple[float, float, float]:
     """Returns (seconds to all Services right, seconds until the controller was quiet, writes per MD)."""
-    modules = [f"{prefix}-m{i}" for i in range(n)]
-    expected = {f"{m}-service": (m, f"md-{m}") for m in modules}
-
-    def check(name: str, svc: JsonObj) -> bool:
-        want = expected.get(name)
-        return want is not None and service_ok(svc, want[0], want[1])
-
-    watch = Watch(client, SERVICES.path(NS), check)
+    modules, expected, watch = burst_watch(client, NS, prefix, n)
     writes_before = api_writes(await ctl.scrape())
     async with anyio.create_task_group() as tg:
         await tg.start(watch.run)
@@ -95,14 +89,7 @@ async def ceiling_phase(client: KubeClient, prefix: str, n: int, concurrency: in
 
 
 async def pipeline_phase(client: KubeClient, prefix: str, n: int, concurrency: int) -> float:
-    modules = [f"{prefix}-m{i}" for i in range(n)]
-    expected = {f"{m}-service": (m, f"md-{m}") for m in modules}
-
-    def check(name: str, svc: JsonObj) -> bool:
-        want = expected.get(name)
-        return want is not None and service_ok(svc, want[0], want[1])
-
-    watch = Watch(client, SERVICES.path(RAW_NS), check)
+    modules, expected, watch = burst_watch(client, RAW_NS, prefix, n)
 
     async def one(module: str) -> None:
         md = await create(client, MODULE_DEPLOYMENTS.path(RAW_NS), module_deployment(f"md-{module}", module))

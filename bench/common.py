@@ -32,7 +32,7 @@ from controller.moduleservice.desired import MANAGED_BY_LABEL, MANAGED_BY_VALUE,
 from controller.moduleservice.resources import MODULE_DEPLOYMENTS
 from controller.runtime.kube.client import JsonObj, KubeClient, load_configuration
 from controller.runtime.kube.errors import ApiError, TransportError
-from controller.runtime.kube.resources import PODS
+from controller.runtime.kube.resources import PODS, SERVICES
 from tests.controlplane import ControlPlane
 
 T = TypeVar("T")
@@ -230,6 +230,20 @@ async def create(client: KubeClient, path: str, body: JsonObj, *, attempts: int 
                 raise
         await anyio.sleep(0.05 * 2 ** attempt)
     raise AssertionError("unreachable")
+
+
+def burst_watch(client: KubeClient, ns: str, prefix: str, n: int
+                ) -> tuple[list[str], dict[str, tuple[str, str]], Watch]:
+    """A burst's modules, the Service each must get (name -> (module, owner's name)), and a watch of the
+    namespace's Services that stamps when each is first right."""
+    modules = [f"{prefix}-m{i}" for i in range(n)]
+    expected = {f"{m}-service": (m, f"md-{m}") for m in modules}
+
+    def check(name: str, svc: JsonObj) -> bool:
+        want = expected.get(name)
+        return want is not None and service_ok(svc, want[0], want[1])
+
+    return modules, expected, Watch(client, SERVICES.path(ns), check)
 
 
 async def create_namespace(client: KubeClient, name: str) -> None:

@@ -35,8 +35,8 @@ from .common import (
     Cluster,
     Figure,
     Sizes,
-    Watch,
     bounded,
+    burst_watch,
     cluster,
     create,
     create_mds,
@@ -48,7 +48,6 @@ from .common import (
     raw_service,
     say,
     server_version,
-    service_ok,
     wait_quiet,
 )
 from .contenders import (
@@ -107,14 +106,7 @@ async def wait_settled(proc: Process, cl: Cluster, *, quiet_for: float, timeout:
 
 
 async def _burst_once(client: KubeClient, prefix: str, n: int, concurrency: int, timeout: float) -> float:
-    modules = [f"{prefix}-m{i}" for i in range(n)]
-    expected = {f"{m}-service": (m, f"md-{m}") for m in modules}
-
-    def check(name: str, svc: JsonObj) -> bool:
-        want = expected.get(name)
-        return want is not None and service_ok(svc, want[0], want[1])
-
-    watch = Watch(client, SERVICES.path(NS), check)
+    modules, expected, watch = burst_watch(client, NS, prefix, n)
     async with anyio.create_task_group() as tg:
         await tg.start(watch.run)
         started = time.perf_counter()
@@ -132,14 +124,7 @@ async def _floor_once(client: KubeClient, prefix: str, n: int, concurrency: int,
     """A controller that costs nothing: each Service is POSTed (with its owner reference) the moment its
     ModuleDeployment's create returns, before any watch could tell of it, while the ModuleDeployment creates
     keep ``concurrency`` in flight. Timed like the contenders."""
-    modules = [f"{prefix}-m{i}" for i in range(n)]
-    expected = {f"{m}-service": (m, f"md-{m}") for m in modules}
-
-    def check(name: str, svc: JsonObj) -> bool:
-        want = expected.get(name)
-        return want is not None and service_ok(svc, want[0], want[1])
-
-    watch = Watch(client, SERVICES.path(NS), check)
+    modules, expected, watch = burst_watch(client, NS, prefix, n)
     async with anyio.create_task_group() as tg, anyio.create_task_group() as services:
         await tg.start(watch.run)
 
