@@ -27,6 +27,7 @@ from .moduleservice.mapping import (
     ServiceKey,
     md_keys,
     md_module,
+    md_service_change,
     pod_in_scope,
     pod_keys,
     pod_modules,
@@ -100,6 +101,23 @@ class _Enqueue:
         self._add(self._keys(obj, None))
 
 
+class _Route:
+    """Sends an update to ``first`` when ``relevant`` says it matters there, else to ``other``."""
+
+    def __init__(self, first: EventHandler, other: EventHandler,
+                 relevant: Callable[[JsonObj, JsonObj], bool]) -> None:
+        self._first, self._other, self._relevant = first, other, relevant
+
+    def on_add(self, obj: JsonObj) -> None:
+        self._first.on_add(obj)
+
+    def on_update(self, old: JsonObj, new: JsonObj) -> None:
+        (self._first if self._relevant(old, new) else self._other).on_update(old, new)
+
+    def on_delete(self, obj: JsonObj) -> None:
+        self._first.on_delete(obj)
+
+
 class Manager:
     def __init__(self, config: Config, client: KubeClient, *, registry: CollectorRegistry,
                  metrics: Metrics | None = None, handle_signals: bool = True) -> None:
@@ -144,7 +162,11 @@ class Manager:
             adopt=config.adopt_unowned_services,
             on_status_pruned=self.domain_metrics.set_status_pruned,
         )
-        enqueue_md = _Enqueue(self.queue, self._seen, md_keys)
+        # A status-only update of a ModuleDeployment (mostly our own status write coming back) goes to the
+        # status lane: through the Service lane it would cost a reconcile and restart the quiet period
+        # that status itself waits for (_yield_to_services).
+        enqueue_md = _Route(_Enqueue(self.queue, self._seen, md_keys), _Enqueue(self.status_queue, None, md_keys),
+                            md_service_change)
         enqueue_svc = _Enqueue(self.queue, self._seen, lambda o, n: {k for x in (o, n) if x is not None
                                                                    if (k := service_key(x)) is not None})
         # Pods count only in status (ready replicas), never in the Service: their changes go straight

@@ -12,6 +12,7 @@ __all__ = [
     "ServiceKey",
     "md_keys",
     "md_module",
+    "md_service_change",
     "pod_in_scope",
     "pod_keys",
     "pod_modules",
@@ -91,6 +92,16 @@ def pod_keys(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None, label
         for o in (old, new) if o is not None
         for module, _ in pod_modules(o, label_prefix)
     }
+
+
+def md_service_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether a ModuleDeployment update can change its Service: its spec (and generation), its deletion,
+    a new incarnation. A change of status alone cannot; most are our own status writes coming back."""
+    om, nm = old.get("metadata") or {}, new.get("metadata") or {}
+    return (
+        old.get("spec") != new.get("spec")
+        or any(om.get(k) != nm.get(k) for k in ("generation", "deletionTimestamp", "uid", "creationTimestamp"))
+    )
 
 
 def pod_relevant_change(old: Mapping[str, Any], new: Mapping[str, Any], label_prefix: str) -> bool:

@@ -97,3 +97,26 @@ class TestRestart:
                 # ... and found nothing to write: no Service, status or Event write, no changed object.
                 assert request_count(second.registry) == 0, write_requests(second.registry)
                 assert await api.resource_versions(namespace) == before
+
+
+class TestStatusEcho:
+    """A status-only change of a ModuleDeployment (our own status write coming back, or someone else's
+    edit) goes to the status lane: it costs no Service reconcile."""
+
+    async def test_status_only_change_costs_no_service_reconcile(self, kubeconfig: str, namespace: str) -> None:
+        async with api_client(kubeconfig) as api, \
+                running_controller(controller_config(kubeconfig, namespace)) as manager:
+            md = await api.create_md(namespace, module_deployment("md-echo", "echo"))
+            await api.wait_converged(namespace, [md])
+            await wait_quiet(manager)
+            before = reconcile_count(manager.registry)
+            # Someone else overwrites our status: the status lane puts it back.
+            await api.client.request("PATCH", api.md.path(namespace, "md-echo", "status"),
+                                     content_type="application/merge-patch+json",
+                                     body={"status": {"moduleService": {"port": 1}}})
+
+            async def restored() -> bool:
+                return module_service(await api.get_md(namespace, "md-echo") or {}).get("port") == 8080
+            await wait_for(restored, timeout=30, what="the status lane to restore status.moduleService.port")
+            await wait_quiet(manager)
+            assert reconcile_count(manager.registry) == before, "a status-only change ran a Service reconcile"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from controller.moduleservice.mapping import (
     ServiceKey,
     md_keys,
     md_module,
+    md_service_change,
     pod_in_scope,
     pod_keys,
     pod_modules,
@@ -77,6 +79,31 @@ class TestMdKeys:
     )
     def test_md_keys(self, old: dict[str, Any] | None, new: dict[str, Any] | None, keys: set[ServiceKey]) -> None:
         assert md_keys(old, new) == keys
+
+
+class TestMdServiceChange:
+    BASE: dict[str, Any] = {"metadata": {"name": "a", "namespace": "ns", "uid": "u1", "generation": 1,
+                                          "creationTimestamp": "2026-01-01T00:00:00Z"},
+                            "spec": {"template": {"spec": {"module": {"name": "m"}}}}}
+
+    def _with(self, **changes: Any) -> dict[str, Any]:
+        out = copy.deepcopy(self.BASE)
+        for path, value in changes.items():
+            section, key = path.split("__")
+            out.setdefault(section, {})[key] = value
+        return out
+
+    def test_status_only_is_not_a_service_change(self) -> None:
+        assert not md_service_change(self.BASE, self._with(status__moduleService={"port": 8080}))
+
+    @pytest.mark.parametrize("change", [
+        {"metadata__generation": 2},
+        {"metadata__deletionTimestamp": "2026-01-02T00:00:00Z"},
+        {"metadata__uid": "u2"},
+        {"spec__operationStrategy": {"serviceStrategy": {"enableModuleService": True}}},
+    ])
+    def test_spec_generation_deletion_and_incarnation_are(self, change: dict[str, Any]) -> None:
+        assert md_service_change(self.BASE, self._with(**change))
 
 
 class TestServiceKey:
