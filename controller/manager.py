@@ -195,11 +195,13 @@ class Manager:
         self.core_informers: list[Informer] = [self.crd_informer]
         # Only Pods with a module label and Services named like ours are cached: memory follows the
         # modules, not the cluster (issue 10). Selectors cannot express either rule, so it is client-side.
-        for resource, store, handler, transform, keep in (
-            (SERVICES, self.services, enqueue_svc, slim_service, service_in_scope),
-            (PODS, self.pods, enqueue_pod, slim_pod, lambda p: pod_in_scope(p, prefix)),
-        ):
-            self.core_informers.extend(self._informers(resource, store, handler, transform, keep))
+        # The Service cache also tells the reconciler when it has caught up with a write, and what a deleted
+        # Service's addresses were.
+        self.core_informers.extend(self._informers(
+            SERVICES, self.services, [self.reconciler.service_events, enqueue_svc], slim_service, service_in_scope,
+            on_replaced=self._services_relisted))
+        self.core_informers.extend(self._informers(
+            PODS, self.pods, [enqueue_pod], slim_pod, lambda p: pod_in_scope(p, prefix)))
         self.healthz = HealthChecks()
         self.readyz = HealthChecks()
         self.healthz.add("ping", lambda: None)
@@ -222,20 +224,28 @@ class Manager:
         self._stopping = anyio.Event()
         self._workers_running = False
 
+    def _services_relisted(self) -> None:
+        now = time.perf_counter()
+        for key in self.reconciler.services_relisted():
+            self._seen.setdefault(key, now)
+            self.queue.add(key)
+
     def _write_allowed(self) -> bool:
         # The fence: every write checks leadership first, so a replica that has judged its lease lost
         # stops writing at once, before the task group has finished cancelling.
         return self.elector is None or self.elector.is_leader
 
-    def _informers(self, resource: Resource, store: Store, handler: EventHandler,
+    def _informers(self, resource: Resource, store: Store, handlers: list[EventHandler],
                    transform: Callable[[JsonObj], JsonObj],
-                   keep: Callable[[JsonObj], bool] | None) -> list[Informer]:
+                   keep: Callable[[JsonObj], bool] | None, *,
+                   on_replaced: Callable[[], None] | None = None) -> list[Informer]:
         scopes: list[str | None] = list(self.config.namespaces) or [None]
         return [
-            Informer(self.client, resource, store=store, namespace=ns, handlers=[handler], transform=transform,
+            Informer(self.client, resource, store=store, namespace=ns, handlers=handlers, transform=transform,
                      metrics=self.metrics.informer_metrics(resource.plural),
                      idle_timeout=self.config.watch_idle_timeout, keep=keep,
-                     stream_lists=self.config.streaming_lists, compact_lists=True)  # slim_* return JSON
+                     stream_lists=self.config.streaming_lists, compact_lists=True,  # slim_* return JSON
+                     on_replaced=on_replaced)
             for ns in scopes
         ]
 
@@ -310,7 +320,7 @@ class Manager:
         crash loop while it is missing, and a fresh list as soon as it (re)appears."""
         while True:
             await self._wait_for(lambda: self.crd_problem is None)
-            self.md_informers = self._informers(self.profile.resource, self.mds, self._md_handler, slim_md, None)
+            self.md_informers = self._informers(self.profile.resource, self.mds, [self._md_handler], slim_md, None)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._start_md_informers, self.md_informers)
                 await self._wait_for(lambda: self.crd_problem is not None)

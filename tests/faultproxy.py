@@ -15,6 +15,7 @@ Faults (all take effect for requests that arrive after the call, unless said oth
   downstream side open and silent.
 - :meth:`FaultProxy.slow_down` delays matching requests by ``seconds`` before forwarding them (a slow or
   overloaded API server; a long delay is a hung request), for ``duration`` seconds.
+- :meth:`FaultProxy.release_watches` ends held watches and keeps the rules.
 - :meth:`FaultProxy.resume` ends every fault: held watches are closed (a clean end of stream), delayed
   requests are forwarded at once, and new requests flow again.
 
@@ -276,6 +277,13 @@ class FaultProxy:
                 if path_contains is None or path_contains in stream.path:
                     self.stats.cut_watches += 1
                     stream.cut_off(stall)
+
+    def release_watches(self) -> None:
+        """Ends held watches (cleanly) and stops holding new ones; rules stay (a 410 for the re-watch, say)."""
+        self._stall = None
+        for stall in self._held:
+            stall.released.set()
+        self._held.clear()
 
     def resume(self) -> None:
         """Ends every fault: rules are dropped, held watches end (cleanly), new requests flow."""

@@ -13,8 +13,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .addresses import Addresses
+
 __all__ = [
     "FIELD_MANAGER",
+    "GROUP_LABEL",
     "MANAGED_BY_LABEL",
     "MANAGED_BY_VALUE",
     "MD_API_VERSION",
@@ -27,8 +30,10 @@ __all__ = [
     "Port",
     "adoptable",
     "desired_service",
+    "foreign_group",
     "is_managed",
     "module_of_service",
+    "owner_groups",
     "parse_module_deployment",
     "service_name",
     "service_patch",
@@ -38,6 +43,9 @@ FIELD_MANAGER = "module-service-controller"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "module-service-controller"
 MODULE_LABEL = "koupleless.alipay.com/module"
+# Which install a Service belongs to when it has no owner reference to say so: the API group of the
+# ModuleDeployments it serves. Every install sets the managed-by label alike; this one tells them apart.
+GROUP_LABEL = "module-service-controller/api-group"
 # The seed profile's; a running controller passes its profile's apiVersion (profiles.py) everywhere.
 MD_API_VERSION = "koupleless.alipay.com/v1alpha1"
 MD_KIND = "ModuleDeployment"
@@ -198,9 +206,9 @@ class DesiredService:
     def api_group(self) -> str:
         return self.api_version.split("/", 1)[0]
 
-    def manifest(self) -> dict[str, Any]:
-        """The full object for a create (POST)."""
-        return {
+    def manifest(self, addresses: Addresses | None = None) -> dict[str, Any]:
+        """The full object for a create (POST); with ``addresses``, asking for that clusterIP and nodePort."""
+        out: dict[str, Any] = {
             "apiVersion": "v1",
             "kind": "Service",
             "metadata": {
@@ -215,6 +223,7 @@ class DesiredService:
                 "ports": [_port_dict(self.port)],
             },
         }
+        return out if addresses is None else addresses.apply(out)
 
 
 def _port_dict(port: Port, node_port: int | None = None) -> dict[str, Any]:
@@ -243,7 +252,7 @@ def desired_service(
         module=module,
         port=oldest.port,
         selector={f"{label_prefix}{module}": "true"},
-        labels={MANAGED_BY_LABEL: MANAGED_BY_VALUE, MODULE_LABEL: module},
+        labels={MANAGED_BY_LABEL: MANAGED_BY_VALUE, MODULE_LABEL: module, GROUP_LABEL: api_version.split("/", 1)[0]},
         owners=tuple(OwnerRef(md.name, md.uid, i == 0, api_version) for i, md in enumerate(contributors)),
         winner=oldest.name,
         conflicts={md.name: md.port for md in contributors[1:] if md.port is not None and md.port != oldest.port},
@@ -251,26 +260,48 @@ def desired_service(
     )
 
 
+def _ref_group(ref: Mapping[str, Any]) -> str:
+    return str(ref.get("apiVersion", "")).split("/", 1)[0]
+
+
 def _is_md_ref(ref: Mapping[str, Any], group: str) -> bool:
-    # Any version of our group: a CRD version bump must not turn our own Services into NameConflicts.
-    api_version = str(ref.get("apiVersion", ""))
-    return ref.get("kind") == MD_KIND and api_version.split("/", 1)[0] == group
+    # Any version of the group: a CRD version bump must not turn our own Services into NameConflicts.
+    return ref.get("kind") == MD_KIND and _ref_group(ref) == group
 
 
-def is_managed(service: Mapping[str, Any], group: str = MD_API_VERSION.split("/", 1)[0]) -> bool:
-    """Ours if it carries our managed-by label or an owner reference to a ModuleDeployment of ``group`` (§4)."""
+def owner_groups(service: Mapping[str, Any]) -> frozenset[str]:
+    """The API groups whose ModuleDeployments own ``service``: those of its owner references to
+    ModuleDeployments or, when it has none, the one its group label names. Empty: nobody's.
+
+    Not the managed-by label: every install of this controller sets it alike, so two installs serving
+    different groups (a migration from sofa-serverless to Koupleless, say) would take each other's Services.
+    """
     meta = service.get("metadata") or {}
-    if (meta.get("labels") or {}).get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE:
-        return True
-    return any(_is_md_ref(ref, group) for ref in meta.get("ownerReferences") or ())
+    groups = frozenset(_ref_group(r) for r in meta.get("ownerReferences") or () if r.get("kind") == MD_KIND)
+    if groups:
+        return groups
+    label = (meta.get("labels") or {}).get(GROUP_LABEL)
+    return frozenset((label,)) if isinstance(label, str) and label else frozenset()
+
+
+def is_managed(service: Mapping[str, Any], group: str) -> bool:
+    """Ours: owned through the ModuleDeployments of ``group``, and through no other group's."""
+    return owner_groups(service) == {group}
+
+
+def foreign_group(service: Mapping[str, Any], group: str) -> str | None:
+    """The other API group ``service`` is owned through, if any (it is then never written)."""
+    others = owner_groups(service) - {group}
+    return min(others) if others else None
 
 
 def adoptable(service: Mapping[str, Any], desired: DesiredService) -> bool:
     """Exactly the Service Koupleless' module-controller creates for this module, and nothing else.
 
     That controller creates ``<module>-service`` once, with no labels, no owner references, the module
-    selector and one port ``http``, and never updates it; taking it over is what its users expect. Any
-    other Service holding our name is someone's on purpose: NameConflict, never touched.
+    selector, one port ``http`` and type NodePort, and never updates it; taking it over is what its users
+    expect. Any other Service holding our name is someone's on purpose (a LoadBalancer, external IPs, an
+    owner, another install's group label): NameConflict, never touched.
     """
     meta = service.get("metadata") or {}
     spec = service.get("spec") or {}
@@ -279,10 +310,18 @@ def adoptable(service: Mapping[str, Any], desired: DesiredService) -> bool:
         meta.get("name") == desired.name
         and not meta.get("deletionTimestamp")
         and not meta.get("ownerReferences")
-        and MANAGED_BY_LABEL not in (meta.get("labels") or {})
+        and GROUP_LABEL not in (meta.get("labels") or {})
+        # Ours from before group labels existed may be taken back; another tool's (Helm's, say) never.
+        and (meta.get("labels") or {}).get(MANAGED_BY_LABEL, MANAGED_BY_VALUE) == MANAGED_BY_VALUE
+        and spec.get("type") == SERVICE_TYPE
+        and not any(spec.get(k) for k in _NOT_ADOPTED_SPEC)
         and dict(spec.get("selector") or {}) == dict(desired.selector)
         and len(ports) == 1 and ports[0].get("name") == PORT_NAME
     )
+
+
+# Settings Koupleless' module-controller never makes: whoever did wants more than a module Service.
+_NOT_ADOPTED_SPEC = ("externalIPs", "loadBalancerIP", "loadBalancerSourceRanges", "loadBalancerClass")
 
 
 def _normalized_ports(ports: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:

@@ -66,6 +66,9 @@ def resolve_profile(name: str = DEFAULT_PROFILE, *, group: str | None = None, ve
     # A CRD's group must contain a dot (apiextensions validation).
     if len(profile.group) > 253 or not _DNS_SUBDOMAIN.match(profile.group):
         raise ConfigError(f"--api-group {profile.group!r} must be a DNS subdomain with at least one dot")
+    if len(profile.group) > 63:
+        # It is the value of the label that tells whose a Service is (desired.GROUP_LABEL).
+        raise ConfigError(f"--api-group {profile.group!r} must be at most 63 characters long")
     if len(profile.version) > 63 or not _DNS_LABEL.match(profile.version):
         raise ConfigError(f"--api-version {profile.version!r} must be a version such as v1alpha1")
     if len(profile.label_prefix) > 254 or not _LABEL_PREFIX.match(profile.label_prefix):

@@ -16,11 +16,13 @@ from typing import Any
 import structlog
 
 from ..runtime.events import EventRecorder, ObjectRef, now_rfc3339
+from ..runtime.expectations import Expectations
 from ..runtime.fight import FightDetector
 from ..runtime.informer import Store
 from ..runtime.kube.client import JsonObj, KubeClient
-from ..runtime.kube.errors import AlreadyExists, ApiError, Conflict, NotFound, TooManyRequests
+from ..runtime.kube.errors import AlreadyExists, ApiError, Conflict, Invalid, NotFound, TooManyRequests
 from ..runtime.kube.resources import SERVICES
+from .addresses import AddressBook, service_addresses
 from .desired import (
     FIELD_MANAGER,
     MD_KIND,
@@ -28,12 +30,13 @@ from .desired import (
     ModuleDeploymentView,
     adoptable,
     desired_service,
+    foreign_group,
     is_managed,
     module_of_service,
     parse_module_deployment,
     service_patch,
 )
-from .mapping import ServiceKey, pod_modules, pod_ready
+from .mapping import ServiceKey, pod_modules, pod_ready, service_key
 from .profiles import Profile
 from .status import (
     REASON_INVALID,
@@ -46,8 +49,8 @@ from .status import (
     status_patch,
 )
 
-__all__ = ["MD_MODULE_INDEX", "POD_MODULE_INDEX", "REASON_FIGHT", "NotLeader", "Reconciler", "Report", "Requeue",
-           "RequeueAfter"]
+__all__ = ["MD_MODULE_INDEX", "POD_MODULE_INDEX", "REASON_ADDRESS_CHANGED", "REASON_FIGHT", "NotLeader", "Reconciler",
+           "Report", "Requeue", "RequeueAfter"]
 
 log = structlog.get_logger(__name__)
 
@@ -56,7 +59,9 @@ POD_MODULE_INDEX = "module"
 _MERGE_PATCH = "application/merge-patch+json"
 _WARNING_REASONS = {REASON_NAME_CONFLICT, REASON_PORT_CONFLICT, REASON_INVALID}
 REASON_FIGHT = "ServiceFight"  # Event: another writer keeps undoing our Service writes
+REASON_ADDRESS_CHANGED = "ServiceAddressChanged"  # Event: a re-created Service could not keep its addresses
 _ABSENT = "<absent>"  # the fingerprint of "no Service"
+_ALLOCATED = "already allocated"  # the API server's words for a clusterIP or nodePort in use
 
 
 class Requeue(Exception):
@@ -94,6 +99,7 @@ class Reconciler:
         fights: FightDetector[ServiceKey] | None = None,
         adopt: bool = True,
         on_status_pruned: Callable[[bool], None] = lambda pruned: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.mds = mds
@@ -110,17 +116,19 @@ class Reconciler:
         # is made and each ModuleDeployment's state goes out as an Event when it changes.
         self.status_pruned: str | None = None
         self._reported: dict[ServiceKey, dict[str, tuple[str, str]]] = {}
-        # Read-your-writes over a lagging cache (the ReplicaSet controller's "expectations" idea):
-        # after a write we remember what we wrote together with the resourceVersion the cache showed
-        # before it. While the cache still shows that old version, our own write is the newest state we
-        # know, so a reconcile triggered meanwhile neither repeats the write nor trips a 409.
-        self._svc_written: dict[ServiceKey, tuple[str, JsonObj | None]] = {}
+        # Read-your-writes over a lagging cache: until the Service cache says anything new about a key,
+        # our last write of it is the newest state we know, so a reconcile triggered meanwhile neither
+        # repeats the write nor trips a 409. Fed by service_events and services_relisted.
+        self._expect: Expectations[ServiceKey, JsonObj | None] = Expectations()
+        # The addresses of our Services deleted by someone else while still wanted: re-created with them.
+        self.addresses: AddressBook[ServiceKey] = AddressBook(clock)
+        self.service_events = _ServiceEvents(self)
         # Same for status, per key and then per ModuleDeployment uid; a key's entry holds only the
         # ModuleDeployments its last status pass saw alive, so deleted ones never accumulate.
         self._status_written: dict[ServiceKey, dict[str, tuple[str, dict[str, Any]]]] = {}
         self._write_errors: dict[ServiceKey, str] = {}
         self._status_due: set[ServiceKey] = set()
-        self.fights: FightDetector[ServiceKey] = fights or FightDetector(time.monotonic)
+        self.fights: FightDetector[ServiceKey] = fights or FightDetector(clock)
 
     def _fence(self) -> None:
         if not self.write_allowed():
@@ -157,9 +165,10 @@ class Reconciler:
                     self.events.record(ref, "Normal", "ServiceDeleted",
                                        f"Deleted Service {key.name}: no ModuleDeployment enables it")
         elif actual is None:
-            await self._write(key, _fingerprint(desired), f"creating Service {key.name}", [self._owner_ref(desired)],
+            # Not a fight: a Service deleted under us (Koupleless' module-controller retiring an old
+            # version) must come back at once, and only one create per delete is ever made.
+            await self._write(key, None, f"creating Service {key.name}", [self._owner_ref(desired)],
                               lambda: self._create(desired, report))
-            self._event(desired, "Normal", "ServiceCreated", f"Created Service {key.name} ({desired.port})")
         elif managed:
             patch = service_patch(actual, desired)
             if patch is not None:
@@ -185,11 +194,12 @@ class Reconciler:
         self._write_errors.pop(key, None)
         self._status_due.discard(key)
 
-    async def _write(self, key: ServiceKey, fingerprint: str, doing: str, refs: list[ObjectRef],
+    async def _write(self, key: ServiceKey, fingerprint: str | None, doing: str, refs: list[ObjectRef],
                      write: Callable[[], Awaitable[None]]) -> None:
-        """One Service write, unless our writes of this state keep being undone (then RequeueAfter);
-        a failure the API explains is kept for the status lane and reported as a Warning Event."""
-        wait = self.fights.delay(key, fingerprint)
+        """One Service write, unless our writes of this state keep being undone (then RequeueAfter; not
+        for a ``fingerprint`` of None); a failure the API explains is kept for the status lane and
+        reported as a Warning Event."""
+        wait = 0.0 if fingerprint is None else self.fights.delay(key, fingerprint)
         if wait > 0:
             raise RequeueAfter(wait, f"Service {key.name}: another writer keeps undoing ours; next try in {wait:.1f}s")
         try:
@@ -203,7 +213,7 @@ class Reconciler:
                 for ref in refs:
                     self.events.record(ref, "Warning", REASON_WRITE_FAILED, message)
             raise
-        if self.fights.wrote(key, fingerprint):
+        if fingerprint is not None and self.fights.wrote(key, fingerprint):
             rounds = self.fights.rounds(key)
             log.warning("service_fight", key=str(key), rounds=rounds)
             for ref in refs:
@@ -244,6 +254,7 @@ class Reconciler:
             name_conflict=desired is not None and actual is not None and not managed
             and not (self.adopt and adoptable(actual, desired)),
             pods=pods, ready_pods=ready, write_error=self._write_errors.get(key),
+            foreign_group=foreign_group(actual, self.profile.group) if actual is not None else None,
         )
         if self.status_pruned is not None:
             self._report_by_events(key, views, outcome)
@@ -253,37 +264,82 @@ class Reconciler:
 
     # ------------------------------------------------------------------ Service writes
     def _service_view(self, key: ServiceKey) -> JsonObj | None:
-        cached = self.services.get(f"{key.namespace}/{key.name}")
-        expected = self._svc_written.get(key)
-        if expected is not None:
-            if _rv(cached) == expected[0]:
-                return expected[1]
-            del self._svc_written[key]  # the cache has caught up with (or moved past) our write
-        return cached
+        return self._expect.view(key, self.services.get(f"{key.namespace}/{key.name}"))
 
-    def _cached_rv(self, key: ServiceKey) -> str:
-        """The resourceVersion the cache shows now. Taken *before* a write: read after it, it could
-        already be someone else's edit that the watch delivered behind ours, and that edit would then be
-        hidden behind our expectation."""
-        return _rv(self.services.get(f"{key.namespace}/{key.name}"))
+    def services_relisted(self) -> list[ServiceKey]:
+        """The Service cache relisted: it is current for every key. Returns the keys written since the
+        cache last showed them, to be reconciled again: the relist may have folded a create of ours and a
+        delete by someone else into nothing at all, and then no event says so."""
+        keys = []
+        for key, written in self._expect.reset().items():
+            keys.append(key)
+            if written is not None and self.services.get(f"{key.namespace}/{key.name}") is None:
+                self._deleted_under_us(key, written)
+        return keys
 
-    def _remember(self, key: ServiceKey, rv_before: str, written: JsonObj | None) -> None:
-        self._svc_written[key] = (rv_before, written)
+    def _deleted_under_us(self, key: ServiceKey, deleted: JsonObj) -> None:
+        if not is_managed(deleted, self.profile.group):
+            return
+        addresses = service_addresses(deleted)
+        if addresses is not None and self._inputs(key)[2] is not None:
+            # Deleted while still wanted (not by us, and not by the garbage collector after the last
+            # owner): the re-create asks for the same addresses.
+            self.addresses.remember(key, addresses)
+
+    def service_changed(self, key: ServiceKey, deleted: JsonObj | None) -> None:
+        """The Service cache changed ``key`` (``deleted``: the Service it deleted)."""
+        self._expect.observed(key)
+        if deleted is not None:
+            self._deleted_under_us(key, deleted)
+
+    async def _post(self, manifest: JsonObj) -> JsonObj:
+        return await self.client.request("POST", SERVICES.path(manifest["metadata"]["namespace"]),
+                                         params={"fieldManager": FIELD_MANAGER}, body=manifest)
 
     async def _create(self, desired: DesiredService, report: Report) -> None:
         self._fence()
         key = ServiceKey(desired.namespace, desired.name)
-        rv_before = self._cached_rv(key)
+        previous = self.addresses.get(key)
+        if previous is not None and (pause := self.addresses.wait(key)) > 0:
+            raise RequeueAfter(pause, f"Service {key.name}: letting the API server release its previous {previous}")
+        token = self._expect.begin(key)
         try:
-            created = await self.client.request(
-                "POST", SERVICES.path(desired.namespace), params={"fieldManager": FIELD_MANAGER},
-                body=desired.manifest(),
-            )
+            try:
+                created = await self._post(desired.manifest(previous))
+            except Invalid as exc:
+                if previous is None:
+                    raise
+                if _ALLOCATED in exc.message and (wait := self.addresses.refused(key)) is not None:
+                    # Most likely not released yet: the watch shows a delete before the API server frees
+                    # its addresses.
+                    raise RequeueAfter(wait, f"Service {key.name}: its previous {previous} are not free yet "
+                                             f"({exc.message}); next try in {wait:.2f}s") from exc
+                # Taken by another Service meanwhile (or out of range now): a Service with new addresses
+                # beats no Service. Said loudly: clients pinned to the old ones must be told.
+                created = await self._post(desired.manifest())
+                fresh = service_addresses(created)
+                log.warning("service_address_changed", key=str(key), previous=str(previous), now=str(fresh),
+                            error=str(exc))
+                self._event(desired, "Warning", REASON_ADDRESS_CHANGED,
+                            f"Re-created Service {key.name} with new addresses: the API server refused its "
+                            f"previous {previous} ({exc.message}); it now has {fresh}")
+            else:
+                if previous is None:
+                    self._event(desired, "Normal", "ServiceCreated", f"Created Service {key.name} ({desired.port})")
+                else:
+                    self._event(desired, "Normal", "ServiceCreated",
+                                f"Re-created Service {key.name} ({desired.port}) after someone deleted it, with "
+                                f"its previous {previous}")
         except AlreadyExists as exc:
+            self._expect.cancel(token)
             # Our cache is behind (or someone just created it): look again later, never overwrite.
             raise Requeue(f"Service {desired.name} already exists; waiting for the cache") from exc
+        except BaseException:
+            self._expect.cancel(token)
+            raise
+        self.addresses.forget(key)
         report.actions.append("service_created")
-        self._remember(key, rv_before, created)
+        self._expect.settle(token, created)
 
     async def _patch(self, actual: Mapping[str, Any], patch: dict[str, Any], report: Report, *,
                      action: str = "service_updated") -> None:
@@ -291,22 +347,26 @@ class Reconciler:
         meta = actual["metadata"]
         patch.setdefault("metadata", {})["resourceVersion"] = meta["resourceVersion"]  # precondition
         key = ServiceKey(meta["namespace"], meta["name"])
-        rv_before = self._cached_rv(key)
+        token = self._expect.begin(key)
         try:
             updated = await self.client.request(
                 "PATCH", SERVICES.path(meta["namespace"], meta["name"]),
                 params={"fieldManager": FIELD_MANAGER}, body=patch, content_type=_MERGE_PATCH,
             )
         except (Conflict, NotFound) as exc:
+            self._expect.cancel(token)
             raise Requeue(f"Service {meta['name']} changed under us: {exc.reason}") from exc
+        except BaseException:
+            self._expect.cancel(token)
+            raise
         report.actions.append(action)
-        self._remember(key, rv_before, updated)
+        self._expect.settle(token, updated)
 
     async def _delete(self, actual: Mapping[str, Any], report: Report) -> None:
         self._fence()
         meta = actual["metadata"]
         key = ServiceKey(meta["namespace"], meta["name"])
-        rv_before = self._cached_rv(key)
+        token = self._expect.begin(key)
         try:
             await self.client.request(
                 "DELETE", SERVICES.path(meta["namespace"], meta["name"]),
@@ -314,12 +374,17 @@ class Reconciler:
                       "preconditions": {"uid": meta["uid"]}},
             )
         except NotFound:
+            self._expect.cancel(token)
             return
         except Conflict as exc:
+            self._expect.cancel(token)
             # UID precondition failed: a different object now has this name; re-evaluate it.
             raise Requeue(f"Service {meta['name']} was replaced: {exc.reason}") from exc
+        except BaseException:
+            self._expect.cancel(token)
+            raise
         report.actions.append("service_deleted")
-        self._remember(key, rv_before, None)
+        self._expect.settle(token, None)
 
     # ------------------------------------------------------------------ status
     def _count_pods(self, ns: str, module: str) -> tuple[int, int]:
@@ -438,6 +503,26 @@ class Reconciler:
 
     def _ref(self, view: ModuleDeploymentView) -> ObjectRef:
         return ObjectRef(view.namespace, view.name, view.uid, self.profile.api_version, MD_KIND)
+
+
+class _ServiceEvents:
+    """The Service informer's news for the reconciler: the cache is current again for a key, and the
+    addresses of a Service of ours that was deleted."""
+
+    def __init__(self, reconciler: Reconciler) -> None:
+        self._reconciler = reconciler
+
+    def on_add(self, obj: JsonObj) -> None:
+        if (key := service_key(obj)) is not None:
+            self._reconciler.service_changed(key, None)
+
+    def on_update(self, old: JsonObj, new: JsonObj) -> None:
+        if (key := service_key(new)) is not None:
+            self._reconciler.service_changed(key, None)
+
+    def on_delete(self, obj: JsonObj) -> None:
+        if (key := service_key(obj)) is not None:
+            self._reconciler.service_changed(key, obj)
 
 
 def _rv(obj: Mapping[str, Any] | None) -> str:

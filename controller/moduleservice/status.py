@@ -45,6 +45,8 @@ class Outcome:
     ready_pods: int
     # The last Service write of this key failed with this (the API's answer); None once one succeeds.
     write_error: str | None = None
+    # The other API group whose ModuleDeployments own the Service holding the name, if any.
+    foreign_group: str | None = None
 
 
 def _condition(status: str, reason: str, message: str, generation: int) -> dict[str, Any]:
@@ -64,7 +66,11 @@ def module_service_status(md: ModuleDeploymentView, outcome: Outcome) -> dict[st
     if md.problems:
         return {**base, "conditions": [_condition("False", REASON_INVALID, "; ".join(md.problems), gen)]}
     if outcome.name_conflict:
-        msg = f"Service {name} exists and is not managed by module-service-controller; it is left untouched"
+        if outcome.foreign_group is not None:
+            msg = (f"Service {name} belongs to the ModuleDeployments of API group {outcome.foreign_group} "
+                   "(another install of module-service-controller); it is left untouched")
+        else:
+            msg = f"Service {name} exists and is not managed by module-service-controller; it is left untouched"
         return {**base, "conditions": [_condition("False", REASON_NAME_CONFLICT, msg, gen)]}
     if outcome.write_error is not None:
         return {**base, "conditions": [_condition("False", REASON_WRITE_FAILED, outcome.write_error, gen)]}

@@ -18,7 +18,10 @@ __all__ = ["slim_md", "slim_pod", "slim_service"]
 
 _MD_META = ("name", "namespace", "uid", "resourceVersion", "generation", "creationTimestamp", "deletionTimestamp")
 _SVC_META = ("name", "namespace", "uid", "resourceVersion", "labels", "ownerReferences", "deletionTimestamp")
-_SVC_SPEC = ("type", "selector", "ports", "clusterIP")
+# clusterIP(s), IP families and ports (nodePort) to re-create a deleted Service with the same addresses;
+# the external and load-balancer settings because a Service that has any is never adopted.
+_SVC_SPEC = ("type", "selector", "ports", "clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy",
+             "externalIPs", "loadBalancerIP", "loadBalancerSourceRanges", "loadBalancerClass")
 _POD_META = ("name", "namespace", "uid", "resourceVersion", "labels", "deletionTimestamp")
 
 
@@ -59,10 +62,11 @@ def slim_md(md: JsonObj) -> JsonObj:
 def slim_service(svc: JsonObj) -> JsonObj:
     """Keeps what ownership, the diff and the status read; drops annotations and status."""
     spec = svc.get("spec")
-    return {
-        "metadata": _meta(svc, _SVC_META),
-        "spec": {k: spec[k] for k in _SVC_SPEC if k in spec} if isinstance(spec, dict) else {},
-    }
+    slim = {k: spec[k] for k in _SVC_SPEC if k in spec} if isinstance(spec, dict) else {}
+    families = slim.get("ipFamilies")
+    if isinstance(families, list):
+        slim["ipFamilies"] = [sys.intern(f) if isinstance(f, str) else f for f in families]
+    return {"metadata": _meta(svc, _SVC_META), "spec": slim}
 
 
 def slim_pod(pod: JsonObj) -> JsonObj:

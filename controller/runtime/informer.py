@@ -239,6 +239,7 @@ class Informer:
         stream_lists: bool = False,
         field_selector: str | None = None,
         compact_lists: bool = False,
+        on_replaced: Callable[[], None] | None = None,
     ) -> None:
         self.client = client
         self.resource = resource
@@ -257,6 +258,10 @@ class Informer:
         # The transform returns plain JSON (dicts, lists, strings, numbers, booleans, None), so a list's
         # kept objects may be re-created side by side (see _compacted).
         self.compact_lists = compact_lists
+        # Called after every full list has been synced into the store (the first one and each relist):
+        # a relist reports only differences, so whoever remembers something the store did not show yet
+        # (a write not yet seen, say) must learn that the store is current again.
+        self.on_replaced = on_replaced
         self._stream_synced = False  # the current streaming list has delivered its initial state
         self._stream_misses = 0  # streaming lists in a row that went silent before their end marker
         self.field_selector = field_selector
@@ -532,6 +537,8 @@ class Informer:
                 for h in self.handlers:
                     h.on_delete(gone)
         self.metrics.objects(len(self.store))
+        if self.on_replaced is not None:
+            self.on_replaced()
 
     # ------------------------------------------------------------------ watch
     async def _watch(self) -> int:

@@ -111,3 +111,16 @@ def write_pki(directory: Path, extra_ips: list[str] | None = None) -> dict[str, 
         path.chmod(0o600)
         paths[name] = path
     return paths
+
+
+def issue_client_cert(directory: Path, user: str, groups: tuple[str, ...] = ()) -> tuple[bytes, bytes]:
+    """A client certificate (PEM) and its key for ``user`` in ``groups``, from the CA in ``directory``: the
+    API server authenticates it as that user, so its requests carry that name in the audit log."""
+    ca_cert = x509.load_pem_x509_certificate((directory / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, user)]
+    attrs += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in groups]
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _issue(x509.Name(attrs), key, ca_cert, ca_key, client=True)
+    return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)

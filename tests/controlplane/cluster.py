@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .certs import write_pki
+from .certs import issue_client_cert, write_pki
 
 __all__ = ["ControlPlane", "ensure_binaries"]
 
@@ -117,6 +117,18 @@ def _kill_and_wait(pid: int, directory: Path, timeout: float) -> None:
         time.sleep(0.05)
 
 
+# Writes to Services, at the Metadata level (who, what, when, the answer's code): small, and enough to
+# count who wrote which Service. Everything else is not audited.
+_AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+    "rules": [
+        {"level": "Metadata", "resources": [{"group": "", "resources": ["services"]}],
+         "verbs": ["create", "update", "patch", "delete", "deletecollection"]},
+        {"level": "None"},
+    ],
+}
+
+
 @dataclass
 class ControlPlane:
     directory: Path
@@ -139,6 +151,26 @@ class ControlPlane:
     @property
     def etcd_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['etcd']}"
+
+    @property
+    def audit_log(self) -> Path:
+        """The API server's audit log: one JSON line per write to a Service (see _AUDIT_POLICY), with the
+        user who made it. Tests count writes from here, not from the writer's own bookkeeping."""
+        return self.directory / "logs" / "audit.log"
+
+    def user_kubeconfig(self, user: str, groups: tuple[str, ...] = ("system:masters",)) -> Path:
+        """A kubeconfig that authenticates as ``user`` (a client certificate from the control plane's CA)."""
+        cert, key = issue_client_cert(self.directory / "pki", user, groups)
+        path = self.directory / "users" / f"{user.replace(':', '_')}.kubeconfig"
+        path.parent.mkdir(exist_ok=True)
+        config = json.loads(self.kubeconfig.read_text())
+        config["users"] = [{"name": user, "user": {
+            "client-certificate-data": base64.b64encode(cert).decode(),
+            "client-key-data": base64.b64encode(key).decode()}}]
+        config["contexts"][0]["context"]["user"] = user
+        path.write_text(json.dumps(config, indent=2))
+        path.chmod(0o600)
+        return path
 
     def _state_file(self) -> Path:
         return self.directory / "state.json"
@@ -185,6 +217,7 @@ class ControlPlane:
         if self.bin_dir is None:
             self.bin_dir = ensure_binaries()
         write_pki(self.directory / "pki", extra_ips=[self.advertise_address])
+        (self.directory / "pki" / "audit-policy.json").write_text(json.dumps(_AUDIT_POLICY))
         self.ports = {
             "etcd": _free_port(), "etcd_peer": _free_port(), "apiserver": _free_port(),
         }
@@ -382,6 +415,8 @@ class ControlPlane:
             "--api-audiences=https://kubernetes.default.svc.cluster.local",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             *admission,
+            f"--audit-policy-file={pki / 'audit-policy.json'}", f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json", "--audit-log-maxbackup=1", "--audit-log-maxsize=200",
             "--allow-privileged=true", "--profiling=false", "--event-ttl=30m",
             "--v=0",
         ]

@@ -303,6 +303,34 @@ class TestAdoptionOff:
             assert svc["metadata"]["resourceVersion"] == upstream["metadata"]["resourceVersion"]
 
 
+class TestOnlyTheUpstreamShapeIsAdopted:
+    """A user's Service with our name, the module selector and one port ``http`` but no owner is not
+    Koupleless' module-controller's when it is not a plain NodePort: adopting it would turn it into a
+    NodePort and give it owner references (the garbage collector would then delete it with the
+    ModuleDeployments)."""
+
+    @pytest.mark.parametrize("shape", [
+        pytest.param({"type": "LoadBalancer"}, id="load-balancer"),
+        pytest.param({"type": "ClusterIP"}, id="cluster-ip"),
+        pytest.param({"externalIPs": ["192.0.2.10"]}, id="node-port-with-external-ips"),
+    ])
+    async def test_left_alone_as_a_name_conflict(self, kubeconfig: str, namespace: str, shape: JsonObj) -> None:
+        profile = PROFILES["seed"]
+        config = controller_config(kubeconfig, namespace)
+        async with api_client(kubeconfig) as api, running_controller(config) as manager:
+            theirs = upstream_service("lb-mod", profile.label_prefix)
+            theirs["spec"].update(shape)
+            theirs = await api.create_svc(namespace, theirs)
+            await api.create_md(namespace, module_deployment("md-lb", "lb-mod"))
+            await api.wait_reason(namespace, "md-lb", "NameConflict")
+            await wait_quiet(manager)
+            svc = await api.get_svc(namespace, "lb-mod-service")
+            assert svc is not None
+            assert svc["metadata"]["resourceVersion"] == theirs["metadata"]["resourceVersion"]
+            assert svc["spec"]["type"] == theirs["spec"]["type"]
+            assert not svc["metadata"].get("ownerReferences")
+
+
 class TestPrunedStatus:
     @pytest.mark.parametrize("name", ["koupleless", "sofa-serverless"])
     async def test_known_from_the_crd_schema(self, kubeconfig: str, namespace: str, name: str,

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from controller.moduleservice.desired import (
+    GROUP_LABEL,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
     MD_API_VERSION,
@@ -18,13 +19,16 @@ from controller.moduleservice.desired import (
     OwnerRef,
     Port,
     desired_service,
+    foreign_group,
     is_managed,
+    owner_groups,
     parse_module_deployment,
     service_patch,
 )
 from tests.harness import SEED_MD
 
 PREFIX = "module.koupleless.alipay.com/"
+GROUP = MD_API_VERSION.split("/", 1)[0]
 NS = "ns"
 _UNSET: Any = object()
 
@@ -245,14 +249,14 @@ class TestDesiredService:
         assert d == DesiredService(
             namespace=NS, name="provider-service", module="provider", port=Port(80, "http"),
             selector={f"{PREFIX}provider": "true"},
-            labels={MANAGED_BY_LABEL: MANAGED_BY_VALUE, MODULE_LABEL: "provider"},
+            labels={MANAGED_BY_LABEL: MANAGED_BY_VALUE, MODULE_LABEL: "provider", GROUP_LABEL: GROUP},
             owners=(OwnerRef("md-a", "uid-md-a", True),), winner="md-a", conflicts={},
         )
         assert d.manifest() == {
             "apiVersion": "v1", "kind": "Service",
             "metadata": {
                 "name": "provider-service", "namespace": NS,
-                "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE, MODULE_LABEL: "provider"},
+                "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE, MODULE_LABEL: "provider", GROUP_LABEL: GROUP},
                 "ownerReferences": [{
                     "apiVersion": MD_API_VERSION, "kind": "ModuleDeployment", "name": "md-a", "uid": "uid-md-a",
                     "controller": True, "blockOwnerDeletion": True,
@@ -355,28 +359,54 @@ def live_service(d: DesiredService, *, node_port: int = 30080) -> dict[str, Any]
     return svc
 
 
-class TestIsManaged:
+SOFA_REF = md_ref("s", controller=True, api_version="serverless.alipay.com/v1alpha1")
+
+
+class TestOwnership:
+    """Whose a Service is: the group of its ModuleDeployment owner references, else its group label; never
+    the managed-by label, which every install sets alike."""
+
     @pytest.mark.parametrize(
-        ("meta", "managed"),
+        ("meta", "groups"),
         [
-            pytest.param({}, False, id="no-metadata"),
-            pytest.param({"labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE}}, True, id="managed-by-label"),
-            pytest.param({"labels": {MANAGED_BY_LABEL: "helm"}}, False, id="other-manager"),
-            pytest.param({"labels": {MODULE_LABEL: "provider"}}, False, id="module-label-only"),
-            pytest.param({"ownerReferences": [md_ref("a", controller=True)]}, True, id="md-owner"),
-            pytest.param({"ownerReferences": [md_ref("a", controller=False)]}, True, id="md-owner-not-controller"),
+            pytest.param({}, set(), id="no-metadata"),
+            pytest.param({"labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE}}, set(), id="managed-by-label-alone"),
+            pytest.param({"labels": {MANAGED_BY_LABEL: "helm"}}, set(), id="other-manager"),
+            pytest.param({"labels": {MODULE_LABEL: "provider"}}, set(), id="module-label-only"),
+            pytest.param({"labels": {GROUP_LABEL: GROUP}}, {GROUP}, id="group-label"),
+            pytest.param({"labels": {GROUP_LABEL: "serverless.alipay.com"}}, {"serverless.alipay.com"},
+                         id="other-group-label"),
+            pytest.param({"ownerReferences": [md_ref("a", controller=True)]}, {GROUP}, id="md-owner"),
+            pytest.param({"ownerReferences": [md_ref("a", controller=False)]}, {GROUP}, id="md-owner-not-controller"),
             pytest.param({"ownerReferences": [md_ref("a", controller=True, api_version="koupleless.alipay.com/v1")]},
-                         True, id="md-owner-other-version"),
+                         {GROUP}, id="md-owner-other-version"),
             pytest.param({"ownerReferences": [md_ref("a", controller=True, api_version="example.com/v1")]},
-                         False, id="same-kind-other-group"),
-            pytest.param({"ownerReferences": [FOREIGN_REF]}, False, id="foreign-owner"),
-            pytest.param({"ownerReferences": [FOREIGN_REF, md_ref("a", controller=False)]}, True,
+                         {"example.com"}, id="same-kind-other-group"),
+            pytest.param({"ownerReferences": [FOREIGN_REF]}, set(), id="foreign-owner"),
+            pytest.param({"ownerReferences": [FOREIGN_REF, md_ref("a", controller=False)]}, {GROUP},
                          id="foreign-and-md-owner"),
-            pytest.param({"labels": None, "ownerReferences": None}, False, id="nulls"),
+            pytest.param({"ownerReferences": [SOFA_REF], "labels": {GROUP_LABEL: GROUP}},
+                         {"serverless.alipay.com"}, id="owner-refs-win-over-the-label"),
+            pytest.param({"ownerReferences": [md_ref("a", controller=True), SOFA_REF]},
+                         {GROUP, "serverless.alipay.com"}, id="two-groups"),
+            pytest.param({"labels": None, "ownerReferences": None}, set(), id="nulls"),
         ],
     )
-    def test_is_managed(self, meta: dict[str, Any], managed: bool) -> None:
-        assert is_managed({"metadata": meta}) is managed
+    def test_owner_groups(self, meta: dict[str, Any], groups: set[str]) -> None:
+        svc = {"metadata": meta}
+        assert owner_groups(svc) == groups
+        assert is_managed(svc, GROUP) is (groups == {GROUP})
+        others = groups - {GROUP}
+        assert foreign_group(svc, GROUP) == (min(others) if others else None)
+
+    def test_created_services_carry_the_group_label(self) -> None:
+        d = desired(view("md-a"))
+        assert d.manifest()["metadata"]["labels"][GROUP_LABEL] == GROUP
+        no_refs = d.manifest()
+        no_refs["metadata"]["ownerReferences"] = []
+        assert is_managed(no_refs, GROUP)
+        assert not is_managed(no_refs, "serverless.alipay.com")
+        assert foreign_group(no_refs, "serverless.alipay.com") == GROUP
 
 
 class TestServicePatch:
@@ -411,7 +441,13 @@ class TestServicePatch:
     def test_missing_owned_label(self) -> None:
         svc = live_service(self.D)
         svc["metadata"]["labels"] = {MODULE_LABEL: "provider", "team": "x"}
-        assert service_patch(svc, self.D) == {"metadata": {"labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE}}}
+        assert service_patch(svc, self.D) == {"metadata": {"labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE,
+                                                                      GROUP_LABEL: GROUP}}}
+
+    def test_a_service_from_before_group_labels_gets_the_label(self) -> None:
+        svc = live_service(self.D)
+        del svc["metadata"]["labels"][GROUP_LABEL]
+        assert service_patch(svc, self.D) == {"metadata": {"labels": {GROUP_LABEL: GROUP}}}
 
     def test_port_change_keeps_node_port(self) -> None:
         d = desired(view("md-a", port=9090, target_port=9091))
@@ -517,7 +553,7 @@ class TestServicePatch:
         patch = service_patch(svc, self.D)
         assert patch == {
             "metadata": {
-                "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE, MODULE_LABEL: "provider"},
+                "labels": {MANAGED_BY_LABEL: MANAGED_BY_VALUE, MODULE_LABEL: "provider", GROUP_LABEL: GROUP},
                 "ownerReferences": [md_ref("md-a", controller=True)],
             },
             "spec": {

@@ -13,6 +13,7 @@ from controller.__main__ import parse_args
 from controller.config import Config
 from controller.moduleservice.crdschema import not_served_reason, status_pruned_reason
 from controller.moduleservice.desired import (
+    GROUP_LABEL,
     MANAGED_BY_LABEL,
     ModuleDeploymentView,
     Port,
@@ -139,11 +140,28 @@ class TestAdoption:
         pytest.param(lambda s: s["spec"]["ports"][0].update(name="web"), id="port-not-http"),
         pytest.param(lambda s: s["spec"]["ports"].append({"name": "admin", "port": 9000}), id="two-ports"),
         pytest.param(lambda s: s["metadata"].update(deletionTimestamp="2026-01-01T00:00:00Z"), id="deleting"),
+        pytest.param(lambda s: s["spec"].update(type="LoadBalancer"), id="load-balancer"),
+        pytest.param(lambda s: (s["spec"].update(type="ClusterIP"), s["spec"]["ports"][0].pop("nodePort")),
+                     id="cluster-ip"),
+        pytest.param(lambda s: s["spec"].update(externalIPs=["192.0.2.10"]), id="external-ips"),
+        pytest.param(lambda s: s["spec"].update(loadBalancerSourceRanges=["10.0.0.0/8"]), id="lb-source-ranges"),
+        pytest.param(lambda s: s["spec"].update(loadBalancerClass="example.com/lb"), id="lb-class"),
+        pytest.param(lambda s: s["spec"].update(loadBalancerIP="192.0.2.11"), id="lb-ip"),
+        pytest.param(lambda s: s["metadata"].update(labels={GROUP_LABEL: "serverless.alipay.com"}),
+                     id="another-install's-group-label"),
+        pytest.param(lambda s: s["metadata"].update(ownerReferences=[
+            {"apiVersion": "serverless.alipay.com/v1alpha1", "kind": "ModuleDeployment", "name": "x", "uid": "u"}]),
+            id="another-install's-owner"),
     ])
     def test_anything_else_is_not_adoptable(self, edit: Any) -> None:
         svc = upstream_service()
         edit(svc)
         assert not adoptable(svc, _desired())
+
+    def test_ours_from_before_group_labels_is_adoptable(self) -> None:
+        svc = upstream_service()
+        svc["metadata"]["labels"] = {MANAGED_BY_LABEL: "module-service-controller"}
+        assert adoptable(svc, _desired())
 
     def test_foreign_labels_do_not_prevent_adoption(self) -> None:
         svc = upstream_service()

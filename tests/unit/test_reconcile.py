@@ -13,12 +13,19 @@ from typing import Any, cast
 
 import pytest
 
-from controller.moduleservice.desired import MANAGED_BY_LABEL, MANAGED_BY_VALUE, MD_API_VERSION, MODULE_LABEL
+from controller.moduleservice.desired import (
+    GROUP_LABEL,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    MD_API_VERSION,
+    MODULE_LABEL,
+)
 from controller.moduleservice.mapping import ServiceKey, md_module, pod_modules
 from controller.moduleservice.profiles import PROFILES
 from controller.moduleservice.reconcile import (
     MD_MODULE_INDEX,
     POD_MODULE_INDEX,
+    REASON_ADDRESS_CHANGED,
     REASON_FIGHT,
     Reconciler,
     Requeue,
@@ -26,7 +33,7 @@ from controller.moduleservice.reconcile import (
 )
 from controller.runtime.events import EventRecorder
 from controller.runtime.fight import FightDetector
-from controller.runtime.informer import Store
+from controller.runtime.informer import EventHandler, Store
 from controller.runtime.kube.client import JsonObj, KubeClient
 from controller.runtime.kube.errors import AlreadyExists, ApiError, Forbidden, Invalid, ServerError, TooManyRequests
 
@@ -56,7 +63,8 @@ def service(rv: str, *, module: str = "m", owner: JsonObj | None = None, selecto
     meta: JsonObj = {"name": f"{module}-service", "namespace": NS, "uid": uid, "resourceVersion": rv}
     if managed:
         owner = owner or md("a", module)
-        meta["labels"] = {MANAGED_BY_LABEL: MANAGED_BY_VALUE, MODULE_LABEL: module}
+        meta["labels"] = {MANAGED_BY_LABEL: MANAGED_BY_VALUE, MODULE_LABEL: module,
+                          GROUP_LABEL: MD_API_VERSION.split("/", 1)[0]}
         meta["ownerReferences"] = [{
             "apiVersion": MD_API_VERSION, "kind": "ModuleDeployment", "name": owner["metadata"]["name"],
             "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}]
@@ -90,16 +98,54 @@ class FakeClient:
         return [b for m, p, b in self.calls if m == method and path_part in p]
 
 
+class WatchedStore(Store):
+    """A Store whose changes reach handlers, as the informer's do: ``upsert``/``delete`` here stand for
+    what the watch delivers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handlers: list[EventHandler] = []
+
+    def upsert(self, obj: JsonObj) -> JsonObj | None:
+        old = super().upsert(obj)
+        for h in self.handlers:
+            if old is None:
+                h.on_add(obj)
+            else:
+                h.on_update(old, obj)
+        return old
+
+    def delete(self, key: str) -> JsonObj | None:
+        old = super().delete(key)
+        if old is not None:
+            for h in self.handlers:
+                h.on_delete(old)
+        return old
+
+
 class World:
     def __init__(self) -> None:
         self.client = FakeClient()
         self.mds = Store({MD_MODULE_INDEX: lambda o: [f"{NS}/{md_module(o)}"]})
-        self.services = Store()
+        self.services = WatchedStore()
         self.pods = Store({POD_MODULE_INDEX: lambda p: [f"{NS}/{m}" for m, _ in pod_modules(p, PREFIX)]})
         self.events = EventRecorder(None)
+        self.now = 0.0
         self.reconciler = Reconciler(
             cast(KubeClient, self.client), mds=self.mds, services=self.services, pods=self.pods,
-            profile=PROFILES["seed"], events=self.events)
+            profile=PROFILES["seed"], events=self.events, clock=lambda: self.now)
+        self.services.handlers.append(self.reconciler.service_events)
+
+    async def reconcile(self, key: ServiceKey) -> None:
+        """As the work queue would: a RequeueAfter hands the key back once its delay has passed."""
+        for _ in range(20):
+            try:
+                await self.reconciler.reconcile(key)
+            except RequeueAfter as exc:
+                self.now += exc.delay
+            else:
+                return
+        pytest.fail("still asking to wait after 20 rounds")
 
 
 class TestReadYourWrites:
@@ -320,3 +366,220 @@ class TestWriteFailures:
             await w.reconciler.reconcile(KEY)
         assert w.reconciler.write_error(KEY) is None
         assert recorded(w) == []
+
+
+def created_response(body: JsonObj, *, rv: str = "20", cluster_ip: str = "10.0.0.77",
+                     node_port: int = 31777) -> JsonObj:
+    """What the API server answers to a Service POST: the object with its addresses allocated, unless the
+    request asked for some."""
+    out = copy.deepcopy(body)
+    out["metadata"].update(uid=f"uid-{rv}", resourceVersion=rv)
+    spec = out["spec"]
+    spec.setdefault("clusterIP", cluster_ip)
+    spec.setdefault("clusterIPs", [spec["clusterIP"]])
+    spec["ports"][0].setdefault("nodePort", node_port)
+    return out
+
+
+class TestCreateThenDeletedBeforeTheCacheSawIt:
+    """Defect 4: after our create, the Service is deleted before the cache has shown it. The cache then
+    shows "no Service" again, the very state it showed before the create: the Service must be re-created,
+    not taken for our own create still on its way."""
+
+    async def test_add_and_delete_delivered_after_the_post(self) -> None:
+        w = World()
+        w.mds.upsert(md("a"))
+        answers: list[JsonObj] = []
+
+        async def post(method: str, path: str, body: Any) -> JsonObj | None:
+            if method == "POST" and path.endswith("/services"):
+                answers.append(created_response(body, rv=str(20 + len(answers))))
+                return answers[-1]
+            return None
+
+        w.client.hook = post
+        await w.reconcile(KEY)
+        assert len(w.client.writes("POST")) == 1
+        w.services.upsert(copy.deepcopy(answers[0]))  # the watch delivers our create...
+        w.services.delete(f"{NS}/m-service")  # ...and someone's delete right after it
+        await w.reconcile(KEY)
+        assert len(w.client.writes("POST")) == 2, "the deleted Service was taken for our own create"
+
+    async def test_add_and_delete_delivered_while_the_post_is_on_the_wire(self) -> None:
+        w = World()
+        w.mds.upsert(md("a"))
+
+        async def post(method: str, path: str, body: Any) -> JsonObj | None:
+            if method == "POST" and path.endswith("/services"):
+                ours = created_response(body)
+                if len(w.client.writes("POST")) == 1:
+                    w.services.upsert(copy.deepcopy(ours))
+                    w.services.delete(f"{NS}/m-service")
+                return ours
+            return None
+
+        w.client.hook = post
+        await w.reconcile(KEY)
+        await w.reconcile(KEY)
+        assert len(w.client.writes("POST")) == 2
+
+    async def test_create_and_delete_folded_by_a_relist(self) -> None:
+        w = World()
+        w.mds.upsert(md("a"))
+        w.client.hook = None
+        await w.reconcile(KEY)
+        # The watch broke; the relist finds no Service and the store never had one: no event at all.
+        w.reconciler.services_relisted()
+        await w.reconcile(KEY)
+        assert len(w.client.writes("POST")) == 2
+
+    async def test_our_create_still_in_flight_is_not_repeated(self) -> None:
+        # What the expectation is for: the cache has said nothing yet, so no second POST.
+        w = World()
+        w.mds.upsert(md("a"))
+        await w.reconcile(KEY)
+        await w.reconcile(KEY)
+        assert len(w.client.writes("POST")) == 1
+
+
+class TestDeletedUnderUs:
+    """A Service of ours deleted by someone else while a ModuleDeployment wants it comes back at once, with
+    the clusterIP and nodePort it had; never through the fight detector's backoff."""
+
+    async def test_recreated_with_its_addresses(self) -> None:
+        w = World()
+        owner = md("a")
+        w.mds.upsert(owner)
+        live = service("10", owner=owner)
+        live["spec"].update(clusterIP="10.0.0.42", clusterIPs=["10.0.0.42"], ipFamilies=["IPv4"],
+                            ipFamilyPolicy="SingleStack")
+        live["spec"]["ports"][0]["nodePort"] = 31626
+        w.services.upsert(live)
+        await w.reconcile(KEY)
+        assert w.client.calls == []
+        w.services.delete(f"{NS}/m-service")  # Koupleless' module-controller deletes it by name
+        await w.reconcile(KEY)
+        (body,) = w.client.writes("POST")
+        assert body["spec"]["clusterIP"] == "10.0.0.42"
+        assert body["spec"]["clusterIPs"] == ["10.0.0.42"]
+        assert body["spec"]["ipFamilies"] == ["IPv4"]
+        assert body["spec"]["ipFamilyPolicy"] == "SingleStack"
+        assert body["spec"]["ports"][0]["nodePort"] == 31626
+        assert [e for e in recorded(w) if e[1] == "ServiceCreated"] == [("Normal", "ServiceCreated", 1)]
+
+    async def test_every_delete_gets_one_create_without_backoff(self) -> None:
+        w = World()
+        w.reconciler.fights = FightDetector(lambda: w.now, threshold=3, base=1.0, cap=60.0, window=300.0)
+        owner = md("a")
+        w.mds.upsert(owner)
+        w.client.hook = None
+        for i in range(20):
+            live = service(str(100 + i), owner=owner)
+            w.services.upsert(live)  # the watch shows our re-created Service...
+            w.services.delete(f"{NS}/m-service")  # ...and the next delete by name
+            await w.reconcile(KEY)  # a pause for the address release, never the fight backoff
+            await w.reconcile(KEY)  # and never a second create for one delete
+            w.now += 0.5
+        posts = w.client.writes("POST")
+        assert len(posts) == 20
+        assert all(p["spec"]["ports"][0]["nodePort"] == 30080 for p in posts)
+        assert [e for e in recorded(w) if e[1] == REASON_FIGHT] == []
+
+    async def test_refused_address_gives_a_fresh_one_and_a_warning(self) -> None:
+        w = World()
+        owner = md("a")
+        w.mds.upsert(owner)
+        w.services.upsert(service("10", owner=owner))
+        w.services.delete(f"{NS}/m-service")
+
+        async def taken(method: str, path: str, body: Any) -> JsonObj | None:
+            if method == "POST" and path.endswith("/services"):
+                if "clusterIP" in body["spec"]:
+                    raise Invalid(422, "Invalid", 'Service "m-service" is invalid: spec.clusterIPs: Invalid value: '
+                                  '[]string{"10.0.0.1"}: failed to allocate IP 10.0.0.1: provided IP is already '
+                                  "allocated")
+                return created_response(body, cluster_ip="10.0.0.99", node_port=31999)
+            return None
+
+        w.client.hook = taken
+        await w.reconcile(KEY)
+        *tries, fresh = w.client.writes("POST")
+        assert len(tries) == 1 + w.reconciler.addresses.retries, "the old addresses are asked for a few times"
+        assert all(t["spec"]["clusterIP"] == "10.0.0.1" for t in tries)
+        assert "clusterIP" not in fresh["spec"]
+        assert "nodePort" not in fresh["spec"]["ports"][0]
+        ((_, body),) = [v for v in w.events._bodies.values() if v[1]["reason"] == REASON_ADDRESS_CHANGED]
+        assert body["type"] == "Warning"
+        assert "clusterIP 10.0.0.1, nodePort 30080" in body["message"]
+        assert "clusterIP 10.0.0.99, nodePort 31999" in body["message"]
+
+    async def test_addresses_not_released_yet_are_asked_for_again(self) -> None:
+        # The watch shows a delete before the API server has freed the addresses.
+        w = World()
+        owner = md("a")
+        w.mds.upsert(owner)
+        w.services.upsert(service("10", owner=owner))
+        w.services.delete(f"{NS}/m-service")
+        refusals = [1]
+
+        async def not_yet(method: str, path: str, body: Any) -> JsonObj | None:
+            if method == "POST" and path.endswith("/services"):
+                if refusals[0]:
+                    refusals[0] -= 1
+                    raise Invalid(422, "Invalid", 'Service "m-service" is invalid: spec.ports[0].nodePort: Invalid '
+                                  "value: 30080: provided port is already allocated")
+                return created_response(body)
+            return None
+
+        w.client.hook = not_yet
+        await w.reconcile(KEY)
+        posts = w.client.writes("POST")
+        assert len(posts) == 2
+        assert all(p["spec"]["ports"][0]["nodePort"] == 30080 for p in posts)
+        assert not [v for v in w.events._bodies.values() if v[1]["reason"] == REASON_ADDRESS_CHANGED]
+
+    @pytest.mark.parametrize("how", ["disabled", "last-owner-deleted"])
+    async def test_a_service_nobody_wants_is_not_brought_back_with_old_addresses(self, how: str) -> None:
+        w = World()
+        owner = md("a")
+        w.mds.upsert(owner)
+        w.services.upsert(service("10", owner=owner))
+        if how == "disabled":
+            w.mds.upsert(md("a", rv="2", enabled=False))
+            await w.reconcile(KEY)  # we delete it
+        else:
+            w.mds.delete(f"{NS}/a")
+        w.services.delete(f"{NS}/m-service")  # our delete, or the garbage collector's
+        assert len(w.reconciler.addresses) == 0
+        w.mds.upsert(md("b"))  # wanted again later: a new Service, addresses as the API server chooses
+        await w.reconcile(KEY)
+        (body,) = w.client.writes("POST")
+        assert "clusterIP" not in body["spec"]
+
+
+class TestAnotherInstallsService:
+    """A Service owned through another API group (another install of this controller) is never written."""
+
+    @pytest.mark.parametrize("marker", ["owner-reference", "group-label"])
+    async def test_never_written_and_named_in_status(self, marker: str) -> None:
+        w = World()
+        w.mds.upsert(md("a", port=9090))
+        theirs = service("10", managed=False)
+        if marker == "owner-reference":
+            theirs["metadata"]["ownerReferences"] = [{
+                "apiVersion": "serverless.alipay.com/v1alpha1", "kind": "ModuleDeployment", "name": "x",
+                "uid": "uid-x", "controller": True, "blockOwnerDeletion": True}]
+        else:
+            theirs["metadata"]["labels"] = {MANAGED_BY_LABEL: MANAGED_BY_VALUE, GROUP_LABEL: "serverless.alipay.com"}
+        w.services.upsert(theirs)
+        await w.reconcile(KEY)
+        assert w.client.calls == []
+        w.mds.upsert(md("a", rv="2", enabled=False))  # not wanted by us: still not ours to delete
+        await w.reconcile(KEY)
+        assert w.client.calls == []
+        w.mds.upsert(md("a", rv="3", port=9090))
+        await w.reconciler.reconcile_status(KEY)
+        (status,) = w.client.writes("PATCH", "/status")
+        cond = status["status"]["moduleService"]["conditions"][0]
+        assert cond["reason"] == "NameConflict"
+        assert "serverless.alipay.com" in cond["message"]

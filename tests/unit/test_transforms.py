@@ -13,6 +13,8 @@ from controller.moduleservice.mapping import md_module, pod_keys, pod_ready
 from controller.moduleservice.transforms import slim_md, slim_pod, slim_service
 from tests.harness import SEED_MD
 
+SEED_GROUP = "koupleless.alipay.com"
+
 PREFIX = "module.koupleless.alipay.com/"
 
 
@@ -69,7 +71,7 @@ class TestSlimService:
         live["spec"]["ports"][0]["nodePort"] = 30001
         live["status"] = {"loadBalancer": {}}
         slim = slim_service(copy.deepcopy(live))
-        assert is_managed(slim) is is_managed(live) is True
+        assert is_managed(slim, SEED_GROUP) is is_managed(live, SEED_GROUP) is True
         assert service_patch(slim, desired) is None
         assert service_patch(live, desired) is None
         assert set(slim) == {"metadata", "spec"}
