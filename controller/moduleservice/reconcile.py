@@ -22,7 +22,7 @@ from ..runtime.informer import Store
 from ..runtime.kube.client import JsonObj, KubeClient
 from ..runtime.kube.errors import AlreadyExists, ApiError, Conflict, Invalid, NotFound, TooManyRequests
 from ..runtime.kube.resources import SERVICES
-from .addresses import AddressBook, service_addresses
+from .addresses import AddressBook, Addresses, service_addresses
 from .desired import (
     FIELD_MANAGER,
     MD_KIND,
@@ -175,6 +175,16 @@ class Reconciler:
                 await self._write(key, _fingerprint(desired), f"updating Service {key.name}",
                                   [self._owner_ref(desired)], lambda: self._patch(actual, patch, report))
                 self._event(desired, "Normal", "ServiceUpdated", f"Updated Service {key.name} ({desired.port})")
+        elif self.adopt and adoptable(actual, desired) and _moved(previous := self.addresses.get(key), actual):
+            # Koupleless' module-controller deleted ours and made this one at once, with new addresses (it
+            # re-creates it in the same reconcile while the ModuleDeployment's generation is 1): clients
+            # know the old ones. Replace it (this exact object: UID precondition); the create that
+            # follows asks for the old addresses.
+            await self._write(key, None, f"replacing Service {key.name}", [self._owner_ref(desired)],
+                              lambda: self._delete(actual, report))
+            self._event(desired, "Normal", "ServiceDeleted",
+                        f"Deleted Service {key.name}: another controller re-created it with new addresses "
+                        f"({service_addresses(actual)}); re-creating it with its previous {previous}")
         elif self.adopt and adoptable(actual, desired):
             # Koupleless' module-controller made it: labels and owner references (and the port, if it
             # changed) in one resourceVersion-preconditioned patch; UID, clusterIP and nodePort stay.
@@ -527,6 +537,14 @@ class _ServiceEvents:
 
 def _rv(obj: Mapping[str, Any] | None) -> str:
     return str(((obj or {}).get("metadata") or {}).get("resourceVersion") or "")
+
+
+def _moved(previous: Addresses | None, service: Mapping[str, Any]) -> bool:
+    """Whether ``service`` lacks addresses we still owe to the clients of a deleted one."""
+    if previous is None:
+        return False
+    now = service_addresses(service)
+    return now is None or now.cluster_ips != previous.cluster_ips or now.node_port != previous.node_port
 
 
 def _invalid_contributor(views: list[ModuleDeploymentView]) -> bool:

@@ -538,6 +538,39 @@ class TestDeletedUnderUs:
         assert all(p["spec"]["ports"][0]["nodePort"] == 30080 for p in posts)
         assert not [v for v in w.events._bodies.values() if v[1]["reason"] == REASON_ADDRESS_CHANGED]
 
+    async def test_fresh_upstream_copy_is_replaced_to_restore_the_addresses(self) -> None:
+        # Koupleless' module-controller deletes ours and, while the ModuleDeployment's generation is 1,
+        # creates its own at once: same shape, new addresses.
+        w = World()
+        owner = md("a")
+        w.mds.upsert(owner)
+        w.services.upsert(service("10", owner=owner))
+        w.services.delete(f"{NS}/m-service")
+        upstream = service("11", managed=False, uid="upstream-uid")
+        upstream["spec"].update(clusterIP="10.0.0.66")
+        upstream["spec"]["ports"][0]["nodePort"] = 31666
+        w.services.upsert(upstream)
+        w.client.hook = None
+        await w.reconcile(KEY)
+        (delete,) = w.client.writes("DELETE")
+        assert delete["preconditions"] == {"uid": "upstream-uid"}
+        w.services.delete(f"{NS}/m-service")  # the watch shows our delete
+        await w.reconcile(KEY)
+        (post,) = w.client.writes("POST")
+        assert (post["spec"]["clusterIP"], post["spec"]["ports"][0]["nodePort"]) == ("10.0.0.1", 30080)
+        assert w.client.writes("PATCH") == [], "adopting it would have kept the new addresses"
+
+    async def test_upstream_copy_with_the_same_addresses_is_adopted(self) -> None:
+        w = World()
+        owner = md("a")
+        w.mds.upsert(owner)
+        w.services.upsert(service("10", owner=owner))
+        w.services.delete(f"{NS}/m-service")
+        w.services.upsert(service("11", managed=False, uid="upstream-uid"))  # same addresses (10.0.0.1, 30080)
+        await w.reconcile(KEY)
+        assert w.client.writes("DELETE") == []
+        assert len(w.client.writes("PATCH")) == 1
+
     @pytest.mark.parametrize("how", ["disabled", "last-owner-deleted"])
     async def test_a_service_nobody_wants_is_not_brought_back_with_old_addresses(self, how: str) -> None:
         w = World()
