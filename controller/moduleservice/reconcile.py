@@ -22,6 +22,7 @@ from ..runtime.informer import Store
 from ..runtime.kube.client import JsonObj, KubeClient
 from ..runtime.kube.errors import AlreadyExists, ApiError, Conflict, Invalid, NotFound, TooManyRequests
 from ..runtime.kube.resources import SERVICES
+from . import reasons
 from .addresses import AddressBook, Addresses, service_addresses
 from .desired import (
     FIELD_MANAGER,
@@ -39,10 +40,7 @@ from .desired import (
 from .mapping import ServiceKey, pod_modules, pod_ready, service_key
 from .profiles import Profile
 from .status import (
-    REASON_INVALID,
-    REASON_NAME_CONFLICT,
     REASON_PENDING,
-    REASON_PORT_CONFLICT,
     REASON_WRITE_FAILED,
     Outcome,
     module_service_status,
@@ -57,9 +55,9 @@ log = structlog.get_logger(__name__)
 MD_MODULE_INDEX = "module"
 POD_MODULE_INDEX = "module"
 _MERGE_PATCH = "application/merge-patch+json"
-_WARNING_REASONS = {REASON_NAME_CONFLICT, REASON_PORT_CONFLICT, REASON_INVALID}
-REASON_FIGHT = "ServiceFight"  # Event: another writer keeps undoing our Service writes
-REASON_ADDRESS_CHANGED = "ServiceAddressChanged"  # Event: a re-created Service could not keep its addresses
+_WARNING_REASONS = reasons.WARNING_REASONS
+REASON_FIGHT = reasons.FIGHT
+REASON_ADDRESS_CHANGED = reasons.ADDRESS_CHANGED
 _ABSENT = "<absent>"  # the fingerprint of "no Service"
 _ALLOCATED = "already allocated"  # the API server's words for a clusterIP or nodePort in use
 
@@ -162,7 +160,7 @@ class Reconciler:
                 await self._write(key, _ABSENT, f"deleting Service {key.name}", refs,
                                   lambda: self._delete(actual, report))
                 for ref in refs:
-                    self.events.record(ref, "Normal", "ServiceDeleted",
+                    self.events.record(ref, "Normal", reasons.DELETED,
                                        f"Deleted Service {key.name}: no ModuleDeployment enables it")
         elif actual is None:
             # Not a fight: a Service deleted under us (Koupleless' module-controller retiring an old
@@ -174,7 +172,7 @@ class Reconciler:
             if patch is not None:
                 await self._write(key, _fingerprint(desired), f"updating Service {key.name}",
                                   [self._owner_ref(desired)], lambda: self._patch(actual, patch, report))
-                self._event(desired, "Normal", "ServiceUpdated", f"Updated Service {key.name} ({desired.port})")
+                self._event(desired, "Normal", reasons.UPDATED, f"Updated Service {key.name} ({desired.port})")
         elif self.adopt and adoptable(actual, desired) and _moved(previous := self.addresses.get(key), actual):
             # Koupleless' module-controller deleted ours and made this one at once, with new addresses (it
             # re-creates it in the same reconcile while the ModuleDeployment's generation is 1): clients
@@ -182,7 +180,7 @@ class Reconciler:
             # follows asks for the old addresses.
             await self._write(key, None, f"replacing Service {key.name}", [self._owner_ref(desired)],
                               lambda: self._delete(actual, report))
-            self._event(desired, "Normal", "ServiceDeleted",
+            self._event(desired, "Normal", reasons.DELETED,
                         f"Deleted Service {key.name}: another controller re-created it with new addresses "
                         f"({service_addresses(actual)}); re-creating it with its previous {previous}")
         elif self.adopt and adoptable(actual, desired):
@@ -193,7 +191,7 @@ class Reconciler:
                 await self._write(key, _fingerprint(desired), f"adopting Service {key.name}",
                                   [self._owner_ref(desired)],
                                   lambda: self._patch(actual, adopt, report, action="service_adopted"))
-                self._event(desired, "Normal", "ServiceAdopted",
+                self._event(desired, "Normal", reasons.ADOPTED,
                             f"Adopted Service {key.name}, created without an owner by another controller "
                             f"({desired.port}; clusterIP and nodePort kept)")
         # else: a Service we do not manage holds the name; never touch it (status reports NameConflict).
@@ -335,9 +333,9 @@ class Reconciler:
                             f"previous {previous} ({exc.message}); it now has {fresh}")
             else:
                 if previous is None:
-                    self._event(desired, "Normal", "ServiceCreated", f"Created Service {key.name} ({desired.port})")
+                    self._event(desired, "Normal", reasons.CREATED, f"Created Service {key.name} ({desired.port})")
                 else:
-                    self._event(desired, "Normal", "ServiceCreated",
+                    self._event(desired, "Normal", reasons.CREATED,
                                 f"Re-created Service {key.name} ({desired.port}) after someone deleted it, with "
                                 f"its previous {previous}")
         except AlreadyExists as exc:

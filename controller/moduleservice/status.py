@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import reasons
 from .desired import DesiredService, ModuleDeploymentView, service_name
 
 __all__ = [
@@ -25,13 +26,13 @@ __all__ = [
     "status_patch",
 ]
 
-REASON_READY = "ServiceReady"
-REASON_DISABLED = "ServiceDisabled"
-REASON_NAME_CONFLICT = "NameConflict"
-REASON_PORT_CONFLICT = "PortConflict"
-REASON_INVALID = "InvalidSpec"
-REASON_PENDING = "ServicePending"
-REASON_WRITE_FAILED = "ServiceWriteFailed"
+REASON_READY = reasons.READY
+REASON_DISABLED = reasons.DISABLED
+REASON_NAME_CONFLICT = reasons.NAME_CONFLICT
+REASON_PORT_CONFLICT = reasons.PORT_CONFLICT
+REASON_INVALID = reasons.INVALID
+REASON_PENDING = reasons.PENDING
+REASON_WRITE_FAILED = reasons.WRITE_FAILED
 
 
 @dataclass(frozen=True, slots=True)
