@@ -6,7 +6,7 @@ service_delete_handler.go of tag V1.0.0)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -25,6 +25,7 @@ from tests.koupleless_v1 import (
     MODULE_REPLICASET_EXISTED,
     Identity,
     ModuleControllerV1,
+    release_v1_finalizers,
     run_module_controller_v1,
     running_upstream,
     upstream_client,
@@ -34,6 +35,12 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.usefixtures("profile_crds")]
 
 KOUPLELESS = PROFILES["koupleless"]
 VAP = "/apis/admissionregistration.k8s.io/v1"
+
+
+@pytest.fixture(autouse=True)
+def _no_stuck_namespace(controlplane: ControlPlane, namespace: str) -> Iterator[None]:
+    yield
+    release_v1_finalizers(controlplane, namespace)
 
 
 @asynccontextmanager

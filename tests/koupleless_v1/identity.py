@@ -35,6 +35,8 @@ from .emulator import (
     DEFAULT_GROUP,
     DEFAULT_LABEL_PREFIX,
     DEFAULT_VERSION,
+    MODULE_EXISTED,
+    MODULE_REPLICASET_EXISTED,
     V1_USER_AGENT,
     ModuleControllerV1,
     run_module_controller_v1,
@@ -45,6 +47,7 @@ __all__ = [
     "DEFAULT_SERVICE_ACCOUNT",
     "Identity",
     "ensure_identity",
+    "release_v1_finalizers",
     "request_token",
     "running_upstream",
     "upstream_client",
@@ -207,3 +210,17 @@ async def running_upstream(
             client, namespace, group=identity.group, version=version, label_prefix=label_prefix,
             replicaset_requeue_after=replicaset_requeue_after) as emulator:
         yield emulator
+
+
+def release_v1_finalizers(controlplane: ControlPlane, namespace: str, group: str = DEFAULT_GROUP) -> None:
+    """Removes V1.0.0's finalizers from every ModuleDeployment of ``group`` in ``namespace`` (as admin), so
+    that a test that stopped the emulator mid-retirement does not leave its namespace terminating for
+    good. For a fixture's teardown: synchronous, and it never fails."""
+    out = controlplane.kubectl("get", f"moduledeployments.{group}", "-n", namespace, "-o",
+                               "jsonpath={range .items[*]}{.metadata.name}{'\\n'}{end}", check=False)
+    for name in out.split():
+        current = controlplane.kubectl("get", f"moduledeployments.{group}", name, "-n", namespace, "-o",
+                                       "jsonpath={.metadata.finalizers}", check=False)
+        if MODULE_EXISTED in current or MODULE_REPLICASET_EXISTED in current:
+            controlplane.kubectl("patch", f"moduledeployments.{group}", name, "-n", namespace, "--type=json",
+                                 "-p", '[{"op": "remove", "path": "/metadata/finalizers"}]', check=False)
