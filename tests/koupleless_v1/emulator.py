@@ -103,7 +103,7 @@ MODULE_REPLICASET_EXISTED = "koupleless.io/module-replicaset-existed"
 MODULE_EXISTED = "koupleless.io/module-existed"
 
 DEPLOYMENTS = Resource("apps", "v1", "deployments", "Deployment")
-# client-go's default user agent for the binary V1.0.0's image runs (Dockerfile:24 builds ``manager``). Its
+# client-go's default user agent for the binary V1.0.0's image runs (its Dockerfile:24 builds ``manager``). Its
 # writes name no fieldManager, so the API server records the user agent's first word, "manager", in
 # managedFields; a client with our own user agent would be taken for our controller there.
 V1_USER_AGENT = "manager/v0.0.0 (linux/amd64) kubernetes/$Format"
@@ -221,7 +221,7 @@ class ModuleControllerV1:
         self.reconciles_by_md: Counter[str] = Counter()
         self.create_events: Counter[str] = Counter()  # PublishModuleDeploymentCreateEvent calls, by MD
         self.delete_events: Counter[str] = Counter()  # PublishModuleDeploymentDeleteEvent calls, by MD
-        self.reconcile_errors: list[tuple[float, str, str]] = []  # (monotonic time, MD, error): requeued
+        self.reconcile_errors: list[tuple[float, str, str]] = []  # (monotonic, "ns/name", error): requeued
         self.discarded_errors: list[tuple[float, str, str]] = []  # handler errors the reconciler dropped
         self.would_panic: list[tuple[str, str]] = []  # (MD, where V1.0.0 would have panicked)
 
