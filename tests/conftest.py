@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from controller.moduleservice.profiles import PROFILES
 from tests.controlplane import ControlPlane
+from tests.harness import PROFILE_CRD_FILES
 
 ROOT = Path(__file__).resolve().parent.parent
 CRD = ROOT / "manifests" / "crd" / "moduledeployments.yaml"
@@ -79,3 +81,11 @@ def namespace(controlplane: ControlPlane, request: pytest.FixtureRequest) -> Ite
     yield name
     with contextlib.suppress(urllib.error.URLError):
         controlplane.request(f"/api/v1/namespaces/{name}", "DELETE")
+
+
+@pytest.fixture(scope="session")
+def profile_crds(controlplane: ControlPlane) -> None:
+    """The Koupleless and sofa-serverless CRDs under their real groups (the seed's is installed already)."""
+    for name in ("koupleless", "sofa-serverless"):
+        controlplane.kubectl("apply", "--server-side", "-f", str(PROFILE_CRD_FILES[name]))
+        controlplane.kubectl("wait", "--for=condition=Established", f"crd/{PROFILES[name].crd_name}")

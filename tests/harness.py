@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -23,6 +24,15 @@ from controller.runtime.kube.resources import PODS, SERVICES, Resource
 from controller.runtime.metrics import Metrics
 
 T = TypeVar("T")
+
+_ROOT = Path(__file__).resolve().parent.parent
+# The CRD each profile is tested with: the seed's own, and ones shaped like the real Koupleless and
+# sofa-serverless CRDs (tests/data/crds).
+PROFILE_CRD_FILES = {
+    "seed": _ROOT / "manifests" / "crd" / "moduledeployments.yaml",
+    "koupleless": _ROOT / "tests" / "data" / "crds" / "koupleless.yaml",
+    "sofa-serverless": _ROOT / "tests" / "data" / "crds" / "sofa-serverless.yaml",
+}
 
 SEED_MD: JsonObj = {
     "apiVersion": "koupleless.alipay.com/v1alpha1",

@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -28,8 +27,8 @@ from controller.runtime.kube.client import JsonObj, load_configuration
 from controller.runtime.kube.errors import AlreadyExists, Conflict, NotFound
 from controller.runtime.kube.resources import CRDS
 from controller.runtime.metrics import Metrics
-from tests.controlplane import ControlPlane
 from tests.harness import (
+    PROFILE_CRD_FILES,
     Api,
     TrackingKubeClient,
     api_client,
@@ -47,21 +46,8 @@ from tests.harness import (
 
 pytestmark = pytest.mark.asyncio
 
-ROOT = Path(__file__).resolve().parents[2]
-CRD_FILES = {
-    "seed": ROOT / "manifests" / "crd" / "moduledeployments.yaml",
-    "koupleless": ROOT / "tests" / "data" / "crds" / "koupleless.yaml",
-    "sofa-serverless": ROOT / "tests" / "data" / "crds" / "sofa-serverless.yaml",
-}
+CRD_FILES = PROFILE_CRD_FILES  # the session fixture profile_crds (tests/conftest.py) applies them
 PRUNES_STATUS = {"seed": False, "koupleless": True, "sofa-serverless": True}
-
-
-@pytest.fixture(scope="session")
-def profile_crds(controlplane: ControlPlane) -> None:
-    """The Koupleless and sofa-serverless CRDs under their real groups (the seed's is installed already)."""
-    for name in ("koupleless", "sofa-serverless"):
-        controlplane.kubectl("apply", "--server-side", "-f", str(CRD_FILES[name]))
-        controlplane.kubectl("wait", "--for=condition=Established", f"crd/{PROFILES[name].crd_name}")
 
 
 @pytest.fixture(params=list(PROFILES))
