@@ -18,7 +18,7 @@ from controller.runtime.kube.client import JsonObj
 from tests.audit import ServiceWrite, service_writes
 from tests.controlplane import ControlPlane
 from tests.harness import Api, api_client, controller_config, module_deployment, running_controller, service_strategy
-from tests.integration.test_profiles import profile_crds, wait_right, wait_state  # noqa: F401 (a fixture)
+from tests.integration.test_profiles import wait_right, wait_state
 
 SHARED = "shared"  # a module name all three installs serve: one Service name, three candidates
 
@@ -56,7 +56,7 @@ def foreign_writes(writes: list[ServiceWrite], users: set[str]) -> list[str]:
 
 @pytest.mark.asyncio
 async def test_three_profiles_never_write_each_others_services(controlplane: ControlPlane, namespace: str,
-                                                               profile_crds: None) -> None:  # noqa: F811
+                                                               profile_crds: None) -> None:
     profiles = [PROFILES[name] for name in ("seed", "koupleless", "sofa-serverless")]
     users = {user(p) for p in profiles}
     async with AsyncExitStack() as stack:
