@@ -151,7 +151,11 @@ def parse_module_deployment(md: Mapping[str, Any]) -> ModuleDeploymentView:
                 f"{_MAX_MODULE_NAME} lowercase letters, digits and '-', starting with a letter"
             )
         raw_port = strategy.get("port")
-        raw_target = strategy.get("targetPort", raw_port)
+        raw_target = strategy.get("targetPort")
+        if raw_target is None or (raw_target in (0, "0") and not isinstance(raw_target, bool)):
+            # Unset. Koupleless' module-controller writes 0 (the Go zero value of its int-or-string field)
+            # into every ModuleDeployment it updates, and a Service's own defaulting reads 0 as "port".
+            raw_target = raw_port
         if raw_port is None:
             problems.append("serviceStrategy.port is required when enableModuleService is true")
         elif (msg := _check_port(raw_port)) or (raw_target is not None and (msg := _check_target_port(raw_target))):

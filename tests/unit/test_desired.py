@@ -78,6 +78,13 @@ def desired(*mds: ModuleDeploymentView, module: str = "provider") -> DesiredServ
 
 
 class TestParseModuleDeployment:
+    @pytest.mark.parametrize("zero", [0, "0"])
+    def test_target_port_zero_means_the_port(self, zero: Any) -> None:
+        # What Koupleless' module-controller V1.0.0 writes back into every ModuleDeployment it updates.
+        v = view(port=8080, target_port=zero)
+        assert v.valid
+        assert v.port == Port(8080, 8080)
+
     def test_seed_sample_is_valid(self) -> None:
         md = copy.deepcopy(SEED_MD)
         md["metadata"] = {"name": "sample", "namespace": NS, "uid": "u1", "generation": 3,
@@ -146,9 +153,7 @@ class TestParseModuleDeployment:
             pytest.param("80", _UNSET, "port must be an integer", id="port-string"),
             pytest.param(True, _UNSET, "port must be an integer", id="port-bool"),
             pytest.param(80.5, _UNSET, "port must be an integer", id="port-float"),
-            pytest.param(80, 0, "targetPort 0 is out of range", id="targetPort-0"),
             pytest.param(80, 70000, "targetPort 70000 is out of range", id="targetPort-70000"),
-            pytest.param(80, "0", "targetPort 0 is out of range", id="targetPort-string-0"),
             pytest.param(80, True, "targetPort must be", id="targetPort-bool"),
             pytest.param(80, "HTTP", "not a valid IANA service name", id="targetPort-capitals"),
             pytest.param(80, "http-", "not a valid IANA service name", id="targetPort-trailing-dash"),
