@@ -45,7 +45,7 @@ from tests.harness import (
     wait_quiet,
 )
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.core]
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILES = {
