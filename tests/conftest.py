@@ -19,11 +19,15 @@ from pathlib import Path
 import pytest
 
 from controller.moduleservice.profiles import PROFILES
-from tests.controlplane import ControlPlane
+from tests.controlplane import ControlPlane, kubernetes_selection, kubernetes_version
 from tests.harness import PROFILE_CRD_FILES
 
 ROOT = Path(__file__).resolve().parent.parent
 CRD = ROOT / "manifests" / "crd" / "moduledeployments.yaml"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"kubernetes: {kubernetes_version()} (MSC_KUBERNETES={kubernetes_selection()})"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -6,13 +6,20 @@
 # them with paths inside its own repo, which a consumer cannot see; we add our own replace for each
 # at the matching v0.X.Y. etcd's server module has local replace directives too, so
 # `go install pkg@version` refuses it.
+#
+# usage: build.sh CACHE_DIR [newest|oldest]: which pinned pair of versions.env to build (default newest).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env
 . "$here/versions.env"
 
-cache=${1:?usage: build.sh CACHE_DIR}
+cache=${1:?usage: build.sh CACHE_DIR [newest|oldest]}
+case "${2:-newest}" in
+  newest) ;;
+  oldest) KUBERNETES_VERSION=$KUBERNETES_VERSION_OLDEST ETCD_VERSION=$ETCD_VERSION_OLDEST ;;
+  *) echo "build.sh: unknown Kubernetes selection '$2' (newest or oldest)" >&2; exit 2 ;;
+esac
 key="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_$(go env GOVERSION)"
 out="$cache/$key"
 mkdir -p "$cache"

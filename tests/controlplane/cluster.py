@@ -30,7 +30,7 @@ from typing import Any
 
 from .certs import issue_client_cert, write_pki
 
-__all__ = ["ControlPlane", "ensure_binaries"]
+__all__ = ["ControlPlane", "ensure_binaries", "kubernetes_selection", "kubernetes_version"]
 
 _HERE = Path(__file__).resolve().parent
 _ROOT = _HERE.parent.parent
@@ -47,11 +47,42 @@ _WORKLOAD_CONTROLLERS = (
 )
 
 
-def ensure_binaries(cache: Path = DEFAULT_CACHE) -> Path:
+# Which pinned Kubernetes (versions.env) the control plane runs: the newest by default; "oldest" is the
+# oldest minor the chart supports, which `make test` runs the tests marked `core` against.
+KUBERNETES_SELECTIONS = ("newest", "oldest")
+_VERSION_KEYS = {"newest": "KUBERNETES_VERSION", "oldest": "KUBERNETES_VERSION_OLDEST"}
+
+
+def kubernetes_selection(selection: str | None = None) -> str:
+    """``selection`` if given, else ``MSC_KUBERNETES`` (default ``newest``); rejects anything else, so a
+    typo cannot quietly test the newest version instead."""
+    value = selection or os.environ.get("MSC_KUBERNETES") or "newest"
+    if value not in KUBERNETES_SELECTIONS:
+        raise ValueError(f"unknown Kubernetes selection {value!r}: one of {', '.join(KUBERNETES_SELECTIONS)}")
+    return value
+
+
+def pinned_versions() -> dict[str, str]:
+    """The assignments of versions.env (the file build.sh sources)."""
+    out: dict[str, str] = {}
+    for line in (_HERE / "versions.env").read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            key, value = line.split("=", 1)
+            out[key.strip()] = value.strip()
+    return out
+
+
+def kubernetes_version(selection: str | None = None) -> str:
+    """The pinned Kubernetes version (e.g. ``v1.36.3``) of a selection (default: ``MSC_KUBERNETES``)."""
+    return pinned_versions()[_VERSION_KEYS[kubernetes_selection(selection)]]
+
+
+def ensure_binaries(cache: Path = DEFAULT_CACHE, *, version: str | None = None) -> Path:
     """Builds (once) and returns the directory holding etcd, kube-apiserver, kube-controller-manager and
-    kubectl. A cold build takes a while; later calls return at once."""
+    kubectl of the selected Kubernetes (``version``: "newest" or "oldest"; default ``MSC_KUBERNETES``,
+    else the newest). A cold build takes a while; later calls return at once."""
     out = subprocess.run(
-        ["bash", str(_HERE / "build.sh"), str(cache / "controlplane")],
+        ["bash", str(_HERE / "build.sh"), str(cache / "controlplane"), kubernetes_selection(version)],
         check=True, stdout=subprocess.PIPE, text=True,
     )
     return Path(out.stdout.strip().splitlines()[-1])

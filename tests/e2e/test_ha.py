@@ -23,7 +23,7 @@ from tests.e2e.common import Wanted, exact_problems, log_time, wait_service, wai
 from tests.e2e.procs import JITTER_FACTOR, SHORT_LEASE, controller_processes
 from tests.harness import Api, api_client, module_deployment, wait_for
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.core]
 
 # Standby polling for a released Lease: attempts 1-2.2 s apart with a 1 s retry period; lease and renew
 # deadline stay at their defaults (15 s / 10 s).

@@ -56,6 +56,8 @@ from tests.e2e.install_scenarios import (  # collected here, against this module
 from tests.harness import api_client, module_deployment
 from tests.helm import ensure_helm
 
+pytestmark = pytest.mark.core
+
 __all__ = [
     "test_can_i_table",
     "test_deleted_module_deployment_takes_its_service",

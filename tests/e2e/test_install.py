@@ -78,6 +78,8 @@ from tests.unit.test_observability import (
     metric_names,
 )
 
+pytestmark = pytest.mark.core
+
 __all__ = [
     "test_can_i_table",
     "test_deleted_module_deployment_takes_its_service",

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.controlplane import ControlPlane
+from tests.controlplane import ControlPlane, kubernetes_selection, kubernetes_version
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPONENTS = {"etcd", "kube-apiserver", "kube-controller-manager"}
@@ -134,3 +134,27 @@ class TestRepeatedRuns:
             st = up_and_check(cp_dir)
             cli("down", str(cp_dir))
             assert_nothing_left(st)
+
+
+class TestSelectedKubernetes:
+    @pytest.mark.core
+    def test_serves_the_selected_kubernetes(self, controlplane: ControlPlane) -> None:
+        """"The core passes on Kubernetes X" holds only if the session's control plane and kubectl are X
+        (MSC_KUBERNETES selects the pinned newest or oldest of versions.env)."""
+        expected = kubernetes_version()
+        assert controlplane.request("/version")["gitVersion"] == expected
+        client = json.loads(controlplane.kubectl("version", "--client", "-o", "json"))
+        assert client["clientVersion"]["gitVersion"] == expected
+
+    def test_the_two_selections_are_different_versions(self) -> None:
+        assert kubernetes_version("oldest") != kubernetes_version("newest")
+        assert kubernetes_version("oldest").startswith("v1.")
+
+    def test_an_unknown_selection_is_refused(self) -> None:
+        # a typo must not quietly run the newest version under the oldest's name
+        with pytest.raises(ValueError, match="unknown Kubernetes selection 'old'"):
+            kubernetes_selection("old")
+        proc = subprocess.run([sys.executable, "-m", "tests.controlplane", "build"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60, check=False, env={**os.environ, "MSC_KUBERNETES": "1.30"})
+        assert proc.returncode != 0
+        assert "unknown Kubernetes selection '1.30'" in proc.stderr

@@ -18,6 +18,8 @@ CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/moduledeploy
 STRATEGY = "spec.operationStrategy.serviceStrategy"
 MODULE_NAME = "spec.template.spec.module.name"
 
+pytestmark = pytest.mark.core
+
 
 class TestSeedSample:
     pytestmark = pytest.mark.asyncio

@@ -22,7 +22,7 @@ from tests.harness import (
     wait_for,
 )
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.core]
 
 
 async def _wait_correct(api: Api, ns: str, module: str, owners: list[JsonObj], port: int = 8080, *,

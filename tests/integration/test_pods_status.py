@@ -21,7 +21,7 @@ from tests.harness import (
     wait_for,
 )
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.core]
 
 
 async def _counts(api: Api, ns: str, md: str, pods: int, ready: int) -> JsonObj:

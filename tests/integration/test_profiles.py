@@ -44,7 +44,7 @@ from tests.harness import (
     wait_quiet,
 )
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.core]
 
 CRD_FILES = PROFILE_CRD_FILES  # the session fixture profile_crds (tests/conftest.py) applies them
 PRUNES_STATUS = {"seed": False, "koupleless": True, "sofa-serverless": True}

@@ -6,7 +6,7 @@ import pytest
 
 from tests.harness import SEED_MD, api_client, controller_config, running_controller, wait_for
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.core]
 
 
 class TestSeedSample:

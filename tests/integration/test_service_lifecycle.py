@@ -16,7 +16,7 @@ from tests.harness import (
     service_strategy,
 )
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.core]
 
 
 class TestPortChange:
