@@ -58,7 +58,10 @@ class Config:
     job: str = DEFAULT_JOB
     namespace: str = NAMESPACE  # "" selects every namespace
     cluster_label: str = "cluster"
-    lease: str = NAME  # --leader-elect-name
+    # --leader-elect-name, to select the leader gauge by. Empty (the default): any, since the job and the
+    # namespace already select one install, whose Lease name the installs derive from the release and
+    # the profile (module-service-controller-seed, <fullname>-koupleless...).
+    lease: str = ""
     watch_silent_seconds: int = 300
 
     def __post_init__(self) -> None:
@@ -90,7 +93,7 @@ class Config:
             "job": self.job,
             "namespace_default": self.namespace,
             "cluster_label": self.cluster_label,
-            "lease": self.lease,
+            "lease_matcher": f', name="{self.lease}"' if self.lease else "",
             "watch_silent_seconds": str(self.watch_silent_seconds),
         }
 
@@ -176,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--namespace", default=Config.namespace,
                         help="namespace label of the targets; '' for any (default %(default)s)")
     parser.add_argument("--cluster-label", default=Config.cluster_label, help="default %(default)s")
-    parser.add_argument("--lease", default=Config.lease, help="leader-election Lease name (default %(default)s)")
+    parser.add_argument("--lease", default=Config.lease,
+                        help="leader-election Lease name to select the leader gauge by (default: any)")
     parser.add_argument("--watch-silent-seconds", type=int, default=Config.watch_silent_seconds)
     parser.add_argument("--output-dir", type=Path,
                         help="write alerts.yaml, prometheusrule.yaml and grafana-dashboard.json here instead")

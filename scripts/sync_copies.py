@@ -5,6 +5,7 @@ Kustomize and Helm read only files inside their own directory, so each keeps a b
 - observability/grafana-dashboard.json -> charts/module-service-controller/files/grafana-dashboard.json
                                        -> manifests/prometheus/grafana-dashboard.json
 - manifests/crd/moduledeployments.yaml -> charts/module-service-controller/files/moduledeployments.yaml
+- manifests/guard/validating_admission_policy.yaml -> charts/module-service-controller/files/guard.yaml
 
     python scripts/sync_copies.py           # rewrite the copies
     python scripts/sync_copies.py --check   # exit 1 if one is out of date (tests/render runs this)
@@ -23,6 +24,7 @@ COPIES: list[tuple[Path, Path]] = [
     (ROOT / "observability" / "grafana-dashboard.json", CHART_FILES / "grafana-dashboard.json"),
     (ROOT / "observability" / "grafana-dashboard.json", ROOT / "manifests" / "prometheus" / "grafana-dashboard.json"),
     (ROOT / "manifests" / "crd" / "moduledeployments.yaml", CHART_FILES / "moduledeployments.yaml"),
+    (ROOT / "manifests" / "guard" / "validating_admission_policy.yaml", CHART_FILES / "guard.yaml"),
 ]
 
 

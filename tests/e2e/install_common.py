@@ -32,7 +32,9 @@ PROMETHEUS_CRDS = Path(__file__).resolve().parent / "data" / "prometheus-operato
 SYSTEM_NS = "module-service-system"
 SA_NAME = "module-service-controller"
 SA_USER = f"system:serviceaccount:{SYSTEM_NS}:{SA_NAME}"
-LEASE_NAME = "module-service-controller"  # the default --leader-elect-name, which the alerts pin
+# The Lease of the default installs (kustomize, and Helm release module-service-controller): one per
+# profile, module-service-controller-<profile>.
+LEASE_NAME = "module-service-controller-seed"
 MD_CRD = "moduledeployments.koupleless.alipay.com"
 MANAGED_SERVICES = "app.kubernetes.io/managed-by=module-service-controller"
 # The image's ENTRYPOINT (the installed console script); `python -m controller` if it is not installed.
@@ -281,14 +283,23 @@ def start_controller(installed: Installed, deployment: JsonObj, kubeconfig: Path
 
     poll(ready, timeout=WAIT, what="the controller's /readyz")
     if "--leader-elect" in argv:
+        lease_name = lease_of(argv)
+
         def leading() -> str:
             process.assert_running()
             lease = get_or_none(installed.cp,
-                                f"/apis/coordination.k8s.io/v1/namespaces/{lease_namespace}/leases/{LEASE_NAME}")
+                                f"/apis/coordination.k8s.io/v1/namespaces/{lease_namespace}/leases/{lease_name}")
             return str(((lease or {}).get("spec") or {}).get("holderIdentity") or "")
 
-        poll(leading, timeout=WAIT, what=f"the controller to hold Lease {lease_namespace}/{LEASE_NAME}")
+        poll(leading, timeout=WAIT, what=f"the controller to hold Lease {lease_namespace}/{lease_name}")
     return process
+
+
+def lease_of(argv: list[str]) -> str:
+    """The Lease a controller command line elects with: the installs pass --leader-elect-name."""
+    names = [a.partition("=")[2] for a in argv if a.startswith("--leader-elect-name=")]
+    assert len(names) == 1, f"the installs name the Lease: {argv}"
+    return names[0]
 
 
 def sa_kubeconfig(installed: Installed, namespace: str = SYSTEM_NS, name: str = SA_NAME) -> Path:

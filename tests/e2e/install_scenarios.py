@@ -14,6 +14,7 @@ import pytest
 
 from controller.runtime.kube.client import JsonObj
 from tests.e2e.install_common import (
+    LEASE_NAME,
     SA_USER,
     SYSTEM_NS,
     WAIT,
@@ -168,7 +169,8 @@ async def test_deleted_module_deployment_takes_its_service(installed: Installed,
 
 # ---------------------------------------------------------------------------------------------- 3. can-i
 # (verb, resource, namespace or "" for cluster scope, expected). Namespaced checks use a namespace the
-# controller does not live in, except where its own namespace is the point.
+# controller does not live in, except where its own namespace is the point. "resource#name" asks about
+# one object (the Role allows get and update on the install's own Lease only).
 CAN_I: list[tuple[str, str, str, bool]] = [
     ("get", "secrets", "default", False),
     ("list", "secrets", "default", False),
@@ -205,9 +207,12 @@ CAN_I: list[tuple[str, str, str, bool]] = [
     ("create", "events", "default", True),
     ("patch", "events", "default", True),
     ("create", "events.events.k8s.io", "default", True),
-    ("get", "leases.coordination.k8s.io", SYSTEM_NS, True),
+    ("get", f"leases.coordination.k8s.io#{LEASE_NAME}", SYSTEM_NS, True),
     ("create", "leases.coordination.k8s.io", SYSTEM_NS, True),
-    ("update", "leases.coordination.k8s.io", SYSTEM_NS, True),
+    ("update", f"leases.coordination.k8s.io#{LEASE_NAME}", SYSTEM_NS, True),
+    ("get", "leases.coordination.k8s.io#module-service-controller-koupleless", SYSTEM_NS, False),
+    ("update", "leases.coordination.k8s.io#another-install", SYSTEM_NS, False),
+    ("update", "leases.coordination.k8s.io", SYSTEM_NS, False),
     ("create", "tokenreviews.authentication.k8s.io", "", True),
     ("create", "subjectaccessreviews.authorization.k8s.io", "", True),
 ]
@@ -228,8 +233,10 @@ def test_can_i_table(installed: Installed) -> None:
 
     def ask(row: tuple[str, str, str, bool]) -> tuple[str, str]:
         verb, resource, namespace, _ = row
+        resource, _, name = resource.partition("#")
         resource, _, sub = resource.partition("/")
-        args = ["auth", "can-i", verb, resource, f"--as={SA_USER}", *_scope(verb, namespace)]
+        target = f"{resource}/{name}" if name else resource
+        args = ["auth", "can-i", verb, target, f"--as={SA_USER}", *_scope(verb, namespace)]
         if sub:
             args.append(f"--subresource={sub}")
         proc = kubectl(cp, *args)

@@ -138,6 +138,8 @@ EXPECTED_OBJECTS = [
     ("deployment.apps", SYSTEM_NS, "module-service-controller"),
     ("poddisruptionbudget.policy", SYSTEM_NS, "module-service-controller"),
     ("service", SYSTEM_NS, "module-service-controller-metrics"),
+    ("validatingadmissionpolicy.admissionregistration.k8s.io", "", "module-service-controller-guard"),
+    ("validatingadmissionpolicybinding.admissionregistration.k8s.io", "", "module-service-controller-guard"),
 ]
 MONITORING_OBJECTS = [
     ("servicemonitor.monitoring.coreos.com", SYSTEM_NS, "module-service-controller"),

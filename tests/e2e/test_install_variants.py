@@ -34,6 +34,7 @@ from tests.e2e.install_common import (
     get,
     gone,
     kubectl,
+    lease_of,
     ok,
     poll,
     request_token,
@@ -42,6 +43,8 @@ from tests.e2e.install_common import (
     token_kubeconfig,
 )
 from tests.harness import module_deployment
+
+GUARD_POLICY = "validatingadmissionpolicy.admissionregistration.k8s.io"
 
 TEAM_NS = "team-a"
 # Each profile's API group and module label prefix (architecture §7).
@@ -187,6 +190,10 @@ def test_profile_variant_serves_its_group(profile_install: tuple[str, Installed]
 
     controller = start_controller(installed, get(cp, "deployment.apps", SYSTEM_NS, SA_NAME), sa_kubeconfig(installed))
     assert f"--profile={profile}" in controller.argv
+    assert lease_of(controller.argv) == f"{SA_NAME}-{profile}", "a Lease of its own: installs may sit side by side"
+    # The deletion guard protects this profile's group.
+    policy = get(cp, GUARD_POLICY, "", f"{SA_NAME}-guard")
+    assert policy["spec"]["variables"][0] == {"name": "group", "expression": f"'{group}'"}
     ns = create_namespace(cp, f"e2e-{profile}")
     md = module_deployment("prof", "m-prof")
     md["apiVersion"] = f"{group}/v1alpha1"
@@ -203,5 +210,6 @@ def test_profile_variant_serves_its_group(profile_install: tuple[str, Installed]
     assert controller.stop() == 0, controller.log_tail()
     ok(kubectl(cp, "delete", "-k", f"manifests/variants/{profile}"))
     poll(gone(cp, "deployment.apps", SYSTEM_NS, SA_NAME), timeout=WAIT, what="the Deployment to be gone")
+    poll(gone(cp, GUARD_POLICY, "", f"{SA_NAME}-guard"), timeout=WAIT, what="the guard to be gone")
     assert exists(cp, f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/moduledeployments.{group}")
     assert exists(cp, f"/apis/{group}/v1alpha1/namespaces/{ns}/moduledeployments/prof")

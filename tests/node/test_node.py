@@ -41,7 +41,8 @@ PROMETHEUS_CRDS = ROOT / "tests" / "e2e" / "data" / "prometheus-operator-crds.ya
 SYSTEM_NS = "module-service-system"
 APP = "module-service-controller"
 SELECTOR = "app.kubernetes.io/name=module-service-controller,app.kubernetes.io/component=controller"
-LEASE = f"/apis/coordination.k8s.io/v1/namespaces/{SYSTEM_NS}/leases/{APP}"
+# The default install's Lease: module-service-controller-<profile>.
+LEASE = f"/apis/coordination.k8s.io/v1/namespaces/{SYSTEM_NS}/leases/{APP}-seed"
 MD_API = "/apis/koupleless.alipay.com/v1alpha1"
 LEASE_SECONDS = 15  # the controller's default lease duration
 

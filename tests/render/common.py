@@ -3,6 +3,7 @@ template`` (tests/helm). No cluster is needed."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import tempfile
@@ -25,7 +26,17 @@ Obj = dict[str, Any]
 
 # Each profile's API group (architecture §7).
 GROUPS = {"seed": "koupleless.alipay.com", "koupleless": "koupleless.io", "sofa-serverless": "serverless.alipay.com"}
-CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
+CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding",
+                  "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+GUARD_KINDS = ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
+# What `helm template` must be told to render the guard: it sees no cluster, and its built-in API list
+# names group versions only, not kinds (a real install asks the cluster).
+VAP_API = "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy"
+# Koupleless' own module-controller, as its manifests (V1.0.0) run it: the guard's default users.
+MODULE_CONTROLLER_USERS = [
+    "system:serviceaccount:module-deployment-system:module-deployment-controller-manager",
+    "system:serviceaccount:default:controller-manager",
+]
 
 
 def kubectl() -> Path:
@@ -55,11 +66,15 @@ def helm_run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(helm()), *args], capture_output=True, text=True, check=False, cwd=ROOT, env=env)
 
 
-def helm_template(*sets: str, namespace: str = NAMESPACE, release: str = RELEASE) -> list[Obj]:
-    """``helm template`` of the chart with ``--set`` for each of ``sets``."""
+def helm_template(*sets: str, namespace: str = NAMESPACE, release: str = RELEASE,
+                  api_versions: tuple[str, ...] = ()) -> list[Obj]:
+    """``helm template`` of the chart with ``--set`` for each of ``sets`` and ``--api-versions`` for each of
+    ``api_versions`` (as if the cluster served them)."""
     args = ["template", release, str(CHART), "--namespace", namespace]
     for s in sets:
         args += ["--set", s]
+    for api in api_versions:
+        args += ["--api-versions", api]
     proc = helm_run(*args)
     assert proc.returncode == 0, proc.stderr
     return _docs(proc.stdout)
@@ -115,3 +130,55 @@ def bindings(objects: list[Obj]) -> dict[tuple[str, str, str], tuple[Any, Any]]:
     """(kind, namespace, name) -> (roleRef, subjects) of every RoleBinding and ClusterRoleBinding."""
     return {(o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"]): (o["roleRef"], o["subjects"])
             for o in objects if o["kind"] in ("RoleBinding", "ClusterRoleBinding")}
+
+
+# ------------------------------------------------------------------------------------- guard and Lease
+def guard(objects: list[Obj]) -> tuple[Obj, Obj] | None:
+    """The deletion guard's policy and binding, or None; asserts there is at most one of each and that
+    the binding binds the policy."""
+    policies = [o for o in objects if o["kind"] == "ValidatingAdmissionPolicy"]
+    binds = [o for o in objects if o["kind"] == "ValidatingAdmissionPolicyBinding"]
+    assert len(policies) == len(binds) <= 1, [(o["kind"], o["metadata"]["name"]) for o in policies + binds]
+    if not policies:
+        return None
+    (policy,), (binding,) = policies, binds
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["metadata"]["name"] == policy["metadata"]["name"]
+    return policy, binding
+
+
+def guard_group(policy: Obj) -> str:
+    """The API group the policy protects: its variable ``group``, a CEL string literal."""
+    (group,) = [v["expression"] for v in policy["spec"]["variables"] if v["name"] == "group"]
+    assert isinstance(group, str)
+    assert group.startswith("'"), group
+    assert group.endswith("'"), group
+    assert group.count("'") == 2, group
+    return group[1:-1]
+
+
+def guard_users(policy: Obj) -> list[str]:
+    """The users the policy refuses: its match condition ``listed-user``, ``request.userInfo.username in
+    [...]`` with a list literal that is also JSON."""
+    (expression,) = [c["expression"] for c in policy["spec"]["matchConditions"] if c["name"] == "listed-user"]
+    prefix = "request.userInfo.username in "
+    assert expression.startswith(prefix), expression
+    users = json.loads(expression[len(prefix):])
+    assert isinstance(users, list)
+    return [str(u) for u in users]
+
+
+def lease_name(objects: list[Obj]) -> str | None:
+    """The Lease the controller elects with (--leader-elect-name), None without leader election."""
+    args = container(objects)["args"]
+    if "--leader-elect" not in args:
+        return None
+    names = [a.partition("=")[2] for a in args if a.startswith("--leader-elect-name=")]
+    assert len(names) == 1, args
+    return str(names[0])
+
+
+def lease_role_names(objects: list[Obj]) -> list[list[str]]:
+    """resourceNames of every rule on leases, in every Role."""
+    return [rule.get("resourceNames", []) for o in objects if o["kind"] == "Role"
+            for rule in o["rules"] if "leases" in rule.get("resources", [])]

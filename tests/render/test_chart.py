@@ -5,6 +5,7 @@ the same controller flags) as the kustomize install for each profile and for nam
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -15,19 +16,27 @@ from tests.render.common import (
     CHART,
     CLUSTER_SCOPED,
     GROUPS,
+    GUARD_KINDS,
     MANIFESTS,
+    MODULE_CONTROLLER_USERS,
     NAME,
     NAMESPACE,
     ROOT,
+    VAP_API,
     Obj,
     bindings,
     container,
     find,
+    guard,
+    guard_group,
+    guard_users,
     helm_run,
     helm_template,
     helm_template_error,
     kinds,
     kustomize,
+    lease_name,
+    lease_role_names,
     normalize,
     rbac,
 )
@@ -93,7 +102,9 @@ def test_crd_install_and_keep_switches(default: list[Obj]) -> None:
 def test_profile(profile: str, default: list[Obj]) -> None:
     objects = helm_template(f"profile={profile}")
     assert "CustomResourceDefinition" not in kinds(objects), "a Koupleless install owns its CRD"
-    assert _args(objects) == [*_args(default), f"--profile={profile}"]
+    lease = f"--leader-elect-name={NAME}-{profile}"
+    assert _args(objects) == [lease if a == f"--leader-elect-name={NAME}-seed" else a for a in _args(default)] + [
+        f"--profile={profile}"]
     rules = normalize(find(objects, "ClusterRole", NAME)["rules"])
     assert {g for g, r in rules if r.startswith("moduledeployments")} == {GROUPS[profile]}
     assert GROUPS["seed"] not in json.dumps([o for o in objects if o["kind"] != "CustomResourceDefinition"])
@@ -133,8 +144,9 @@ def test_replicas_resources_args_env() -> None:
 def test_leader_election() -> None:
     objects = helm_template("leaderElection.leaseDuration=30s", "leaderElection.renewDeadline=20s",
                             "leaderElection.retryPeriod=4s")
-    assert _args(objects)[:4] == ["--leader-elect", "--leader-elect-lease-duration=30s",
-                                  "--leader-elect-renew-deadline=20s", "--leader-elect-retry-period=4s"]
+    assert _args(objects)[:5] == ["--leader-elect", f"--leader-elect-name={NAME}-seed",
+                                  "--leader-elect-lease-duration=30s", "--leader-elect-renew-deadline=20s",
+                                  "--leader-elect-retry-period=4s"]
     single = helm_template("leaderElection.enabled=false", "replicas=1")
     assert "--leader-elect" not in _args(single)
     assert not [o for o in single if o["kind"] in ("Role", "RoleBinding")], "no Lease, no Lease RBAC"
@@ -267,6 +279,9 @@ BAD_VALUES = [
     ("crds.install=maybe", "at '/crds/install'"),
     ("serviceMonitor.enable=true", "additional properties 'enable' not allowed"),
     ("podDisruptionBudget.maxUnavailable=lots", "at '/podDisruptionBudget/maxUnavailable'"),
+    ("guard.enabled=maybe", "at '/guard/enabled'"),
+    ("guard.users[0]=", "at '/guard/users/0'"),
+    ("guard.user=x", "additional properties 'user' not allowed"),
 ]
 
 
@@ -306,6 +321,16 @@ def test_kustomize_and_helm_render_the_same_rbac(directory: str, sets: list[str]
     # Kustomize spells the served namespace $(POD_NAMESPACE); Helm knows it at render time.
     k_args = [a.replace("$(POD_NAMESPACE)", NAMESPACE) for a in _args(kustomized)]
     assert _args(helmed) == k_args
+    # The same Lease, allowed by name alike.
+    assert lease_role_names(helmed) == lease_role_names(kustomized) == [[lease_name(helmed)], []]
+    # The same guard, where the cluster serves the API (none in namespaced mode): one CEL source.
+    served = helm_template(*sets, api_versions=(VAP_API,))
+    h_guard, k_guard = guard(served), guard(kustomized)
+    assert (h_guard is None) == (k_guard is None) == ("namespaced.enabled=true" in sets)
+    if h_guard is not None and k_guard is not None:
+        for h, k in zip(h_guard, k_guard, strict=True):
+            assert h["metadata"]["name"] == k["metadata"]["name"] == f"{NAME}-guard"
+            assert h["spec"] == k["spec"]
 
 
 def _crd_names(objects: list[Obj]) -> list[list[str]]:
@@ -340,3 +365,93 @@ def test_monitoring_selects_this_release() -> None:
     assert variables["job"]["current"]["value"] == job
     assert variables["namespace"]["current"]["value"] == "ops"
     assert f'job=\\"{job}\\"' in json.dumps(variables["cluster"]["query"])
+
+
+# ------------------------------------------------------------------------------------- guard and Lease
+@pytest.mark.parametrize("profile", list(GROUPS))
+def test_guard_and_lease_per_profile(profile: str) -> None:
+    objects = helm_template(f"profile={profile}", api_versions=(VAP_API,))
+    found = guard(objects)
+    assert found is not None
+    policy, binding = found
+    assert policy["metadata"]["name"] == f"{NAME}-guard"
+    assert policy["metadata"]["labels"]["app.kubernetes.io/instance"] == NAME
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert guard_group(policy) == GROUPS[profile]
+    assert guard_users(policy) == MODULE_CONTROLLER_USERS
+    assert policy["spec"]["failurePolicy"] == "Ignore"
+    # The group the controller serves: --profile's (the seed is the default, without the flag).
+    assert [a for a in _args(objects) if a.startswith("--profile")] == (
+        [] if profile == "seed" else [f"--profile={profile}"])
+    lease = lease_name(objects)
+    assert lease == f"{NAME}-{profile}"
+    role = find(objects, "Role", f"{NAME}-leader-election")
+    assert [(r.get("resourceNames"), r["verbs"]) for r in role["rules"]] == [
+        ([lease], ["get", "update"]), (None, ["create"])]
+
+
+def test_guard_follows_an_api_group_override() -> None:
+    policy = find(helm_template("profile=koupleless", "apiGroup=modules.example.com", api_versions=(VAP_API,)),
+                  "ValidatingAdmissionPolicy")
+    assert guard_group(policy) == "modules.example.com"
+
+
+def test_guard_switches() -> None:
+    """On by default where the cluster serves the API; off with guard.enabled=false, in namespaced mode,
+    and on a cluster without the API (what `helm template` assumes unless told)."""
+    assert guard(helm_template()) is None, "helm template without --api-versions: a cluster without the API"
+    old = helm_template("profile=koupleless", api_versions=("admissionregistration.k8s.io/v1",))
+    assert not set(GUARD_KINDS) & set(kinds(old)), "the group version alone is not the kind"
+    assert guard(helm_template(api_versions=(VAP_API,))) is not None
+    assert guard(helm_template("guard.enabled=false", api_versions=(VAP_API,))) is None
+    namespaced = helm_template("namespaced.enabled=true", "metrics.secure=false", api_versions=(VAP_API,))
+    assert guard(namespaced) is None, "a namespaced install creates nothing cluster-scoped"
+    assert not [o["kind"] for o in namespaced if o["kind"] in CLUSTER_SCOPED]
+    # Without leader election there is no Lease and no Lease RBAC, but still a guard.
+    single = helm_template("leaderElection.enabled=false", "replicas=1", api_versions=(VAP_API,))
+    assert lease_name(single) is None
+    assert lease_role_names(single) == []
+    assert guard(single) is not None
+
+
+def test_guard_users() -> None:
+    users = ["system:serviceaccount:koupleless:module-controller", 'odd "quoted" <user>']
+    policy = find(helm_template(f"guard.users[0]={users[0]}", f"guard.users[1]={users[1]}",
+                                api_versions=(VAP_API,)), "ValidatingAdmissionPolicy")
+    assert guard_users(policy) == users
+    # An empty list would refuse nobody: the schema asks for guard.enabled=false instead.
+    proc = helm_run("template", NAME, str(CHART), "--set-json", "guard.users=[]")
+    assert proc.returncode != 0
+    assert "at '/guard/users': minItems" in proc.stderr, proc.stderr
+
+
+def test_two_releases_in_one_namespace() -> None:
+    """koupleless and sofa-serverless side by side (a migration): a Lease and a policy each."""
+    a = helm_template("profile=koupleless", release="msc-k", api_versions=(VAP_API,))
+    b = helm_template("profile=sofa-serverless", release="msc-s", api_versions=(VAP_API,))
+    assert lease_name(a) == "msc-k-module-service-controller-koupleless"
+    assert lease_name(b) == "msc-s-module-service-controller-sofa-serverless"
+    guard_a, guard_b = guard(a), guard(b)
+    assert guard_a is not None
+    assert guard_b is not None
+    guards = [guard_a, guard_b]
+    assert [g[0]["metadata"]["name"] for g in guards] == ["msc-k-module-service-controller-guard",
+                                                          "msc-s-module-service-controller-guard"]
+    assert [guard_group(g[0]) for g in guards] == [GROUPS["koupleless"], GROUPS["sofa-serverless"]]
+    # The same release name with another profile (a profile switch on upgrade) takes another Lease.
+    assert lease_name(helm_template("profile=koupleless", release="msc-s")) != lease_name(b)
+
+
+def test_long_names_fit() -> None:
+    """The fullname is cut to 63 characters; the Lease (a DNS subdomain, 253) and the policy add a suffix."""
+    release = "r" * 53  # Helm's longest release name
+    objects = helm_template("profile=sofa-serverless", "fullnameOverride=" + "f" * 70, release=release,
+                            api_versions=(VAP_API,))
+    lease = lease_name(objects)
+    assert lease == "f" * 63 + "-sofa-serverless"
+    assert lease_role_names(objects)[0] == [lease]
+    policy = find(objects, "ValidatingAdmissionPolicy")
+    assert policy["metadata"]["name"] == "f" * 63 + "-guard"
+    for name in (lease, policy["metadata"]["name"]):
+        assert len(name) <= 253
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*", name), name

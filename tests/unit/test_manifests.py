@@ -123,6 +123,13 @@ def test_leader_election_role_is_namespaced(objects: list[Obj]) -> None:
     role = roles[0]
     assert role["metadata"]["namespace"] == NAMESPACE
     assert _normalize(role["rules"]) == {("coordination.k8s.io", "leases"): {"get", "create", "update"}}
+    # get and update on the install's own Lease only (the one in the args); create cannot be restricted
+    # by name, so it has a rule of its own.
+    assert [(r.get("resourceNames"), r["verbs"]) for r in role["rules"]] == [
+        ([f"{NAME}-seed"], ["get", "update"]), (None, ["create"])]
+    (container,) = _find(objects, "Deployment", NAME)["spec"]["template"]["spec"]["containers"]
+    assert container["args"][:2] == ["--leader-elect", f"--leader-elect-name={NAME}-seed"], \
+        "profiles/ and namespaced/ expect the Lease name at args[1]"
     binding = next(
         o for o in objects if o["kind"] == "RoleBinding" and o["roleRef"]["name"] == role["metadata"]["name"]
     )
@@ -288,18 +295,45 @@ def test_top_level_kustomization() -> None:
     own), never monitoring (an opt-in component), never the samples."""
     assert _kustomization(MANIFESTS)["resources"] == ["base"]
     base = _kustomization(MANIFESTS / "base")
-    assert base["namespace"] == NAMESPACE
-    assert set(base["resources"]) == {"namespace.yaml", "../rbac", "../manager"}
+    # No namespace transformer: it would put a namespace on the cluster-scoped guard. Every namespaced
+    # object names its namespace itself (tests/render checks the rendered install).
+    assert "namespace" not in base
+    assert set(base["resources"]) == {"namespace.yaml", "../rbac", "../manager", "../guard"}
+    for o in _objects_of(["rbac", "manager"]):
+        if o["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+            assert o["metadata"]["namespace"] == NAMESPACE, (o["kind"], o["metadata"]["name"])
     namespace = yaml.safe_load((MANIFESTS / "base" / "namespace.yaml").read_text(encoding="utf-8"))
     assert namespace["kind"] == "Namespace"
     assert namespace["metadata"]["name"] == NAMESPACE
+
+
+def _objects_of(directories: list[str]) -> list[Obj]:
+    return [doc for d in directories for name in _kustomization(MANIFESTS / d)["resources"]
+            for doc in yaml.safe_load_all((MANIFESTS / d / name).read_text(encoding="utf-8")) if doc]
+
+
+def test_guard_is_off_in_no_guard_and_namespaced() -> None:
+    """Both components delete exactly the guard's two objects, by the names guard/ gives them."""
+    (policy,) = _objects_of(["guard"])[:1]
+    names = {(o["kind"], o["metadata"]["name"]) for o in _objects_of(["guard"])}
+    assert names == {("ValidatingAdmissionPolicy", f"{NAME}-guard"),
+                     ("ValidatingAdmissionPolicyBinding", f"{NAME}-guard")}
+    assert policy["kind"] == "ValidatingAdmissionPolicy"
+    for component in ("no-guard", "namespaced"):
+        deleted = set()
+        for patch in _kustomization(MANIFESTS / component)["patches"]:
+            body = yaml.safe_load(patch["patch"])
+            if isinstance(body, dict) and body.get("$patch") == "delete" \
+                    and body["apiVersion"].startswith("admissionregistration"):
+                deleted.add((body["kind"], body["metadata"]["name"]))
+        assert deleted == names, component
 
 
 def test_crd_is_referenced() -> None:
     assert _kustomization(MANIFESTS / "crd")["resources"] == ["moduledeployments.yaml"]
 
 
-@pytest.mark.parametrize("directory", ["rbac", "manager", "prometheus", "samples"])
+@pytest.mark.parametrize("directory", ["rbac", "manager", "prometheus", "samples", "guard"])
 def test_kustomizations_list_every_file(directory: str) -> None:
     path = MANIFESTS / directory
     listed = set(_kustomization(path)["resources"])

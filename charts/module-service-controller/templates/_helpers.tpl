@@ -42,6 +42,20 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- default (include "msc.profileGroup" .) .Values.apiGroup }}
 {{- end }}
 
+{{/* The leader-election Lease of this release: one per release and profile, so that two releases in one
+     namespace (say koupleless and sofa-serverless during a migration) elect a leader each. A Lease name
+     is a DNS subdomain (253 characters): the 63 of the fullname plus a profile fit. */}}
+{{- define "msc.leaseName" -}}
+{{- printf "%s-%s" (include "msc.fullname" .) .Values.profile }}
+{{- end }}
+
+{{/* Whether the deletion guard is rendered: on, cluster-wide (a namespaced install cannot create a
+     cluster-scoped policy) and served by the cluster. `helm template` knows no cluster: pass
+     --api-versions admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy to render it there. */}}
+{{- define "msc.guardEnabled" -}}
+{{- if and .Values.guard.enabled (not .Values.namespaced.enabled) (.Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy") }}true{{ end }}
+{{- end }}
+
 {{- define "msc.image" -}}
 {{- if .Values.image.digest }}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
