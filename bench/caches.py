@@ -1,4 +1,4 @@
-"""9. Caches and relists (issue 10): what objects the controller does not serve cost it, and what three
+"""9. Caches and relists: what objects the controller does not serve cost it, and what three
 replicas starting (or relisting) at once cost the API server.
 
 On one cluster: M ModuleDeployments (spread over namespaces), P module Pods, and the M Services the

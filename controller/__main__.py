@@ -1,4 +1,4 @@
-"""Command line: ``module-service-controller`` / ``python -m controller`` (architecture §7).
+"""Command line: ``module-service-controller`` / ``python -m controller``.
 
 Every flag can also come from an environment variable ``MSC_<FLAG_IN_UPPER_SNAKE_CASE>`` (for example
 ``MSC_LEADER_ELECT=true``); a flag on the command line wins. A bad flag, variable or credentials file

@@ -1,4 +1,4 @@
-"""Validated, frozen configuration built once from flags and environment (architecture §7)."""
+"""Validated, frozen configuration built once from flags and environment."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ class Config:
     streaming_lists: bool = False
     """Streaming lists (sendInitialEvents). Off by default: on kube-apiserver v1.36, whose LISTs are
     already served from the watch cache, three replicas starting at once cost its API server and etcd
-    about 1.5x the CPU with streaming, for no faster start (bench, issue 10)."""
+    about 1.5x the CPU with streaming, for no faster start."""
     cache_sync_timeout: float = 120.0
     """controller-runtime's CacheSyncTimeout: give up (and exit) if caches do not fill in time."""
     shutdown_timeout: float = 25.0
@@ -61,7 +61,7 @@ class Config:
         object.__setattr__(self, "api", resolve_profile(
             self.profile, group=self.api_group, version=self.api_version, label_prefix=self.module_label_prefix))
         for ns in self.namespaces:
-            # "" would silently widen the scope to the whole cluster (issue 10, defect 1).
+            # "" would silently widen the scope to the whole cluster.
             if len(ns) > 63 or not _NAMESPACE.match(ns):
                 raise ConfigError(f"--namespace {ns!r} is not a namespace name (a DNS-1123 label)")
         if len(set(self.namespaces)) != len(self.namespaces):

@@ -9,8 +9,8 @@ import anyio
 import prometheus_client
 import structlog
 
+from .app import App
 from .config import Config
-from .manager import Manager
 from .runtime.kube.client import KubeClient, load_configuration
 from .runtime.kube.config import KubeConfigError
 from .runtime.kube.errors import ApiError, KubeError
@@ -44,9 +44,9 @@ async def _main(config: Config) -> int:
                  leader_elect=config.leader_elect, profile=config.api.name, api_group=config.api.group,
                  api_version=config.api.version, module_label_prefix=config.api.label_prefix,
                  adopt_unowned_services=config.adopt_unowned_services)
-        manager = Manager(config, client, registry=prometheus_client.REGISTRY)
+        app = App(config, client, registry=prometheus_client.REGISTRY)
         try:
-            await manager.run()
+            await app.run()
         except Exception as exc:  # an ExceptionGroup from the task group: report its root causes
             return _report(exc, config)
     log.info("stopped")

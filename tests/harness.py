@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 import anyio
 from prometheus_client import CollectorRegistry
 
+from controller.app import App
 from controller.config import Config
-from controller.manager import Manager
 from controller.moduleservice.desired import MANAGED_BY_LABEL, MANAGED_BY_VALUE, MODULE_LABEL
 from controller.moduleservice.resources import MODULE_DEPLOYMENTS
 from controller.runtime.kube.client import JsonObj, KubeClient, load_configuration
@@ -339,13 +339,13 @@ def controller_config(kubeconfig: str, namespace: str, **overrides: Any) -> Conf
 
 
 @asynccontextmanager
-async def running_controller(config: Config, *, wait_synced: bool = True) -> AsyncIterator[Manager]:
-    """Runs a Manager in a task group opened by the caller's test body (never across a fixture yield)
+async def running_controller(config: Config, *, wait_synced: bool = True) -> AsyncIterator[App]:
+    """Runs the controller (an App) in a task group opened by the caller's test body (never across a fixture yield)
     and stops it on exit. Yields once its caches have synced (at once with ``wait_synced=False``)."""
     client = TrackingKubeClient(await load_configuration(config.kubeconfig))
     async with client:
         registry = CollectorRegistry()
-        manager = Manager(config, client, registry=registry, metrics=Metrics(registry), handle_signals=False)
+        manager = App(config, client, registry=registry, metrics=Metrics(registry), handle_signals=False)
         async with anyio.create_task_group() as tg:
             tg.start_soon(manager.run)
             if wait_synced:
@@ -356,9 +356,11 @@ async def running_controller(config: Config, *, wait_synced: bool = True) -> Asy
                 # Let in-flight requests and queued Events finish first (bounded): a request cancelled
                 # mid-flight leaves aiohttp's graceful TLS close to an event loop the test is about to close,
                 # and the unclosed socket then fails a later test with a ResourceWarning.
-                with anyio.move_on_after(10):
-                    while not (controller_quiet(manager) and client.in_flight == 0):
-                        await anyio.sleep(0.05)
+                async def settled() -> bool:
+                    return controller_quiet(manager) and client.in_flight == 0
+
+                with suppress(AssertionError):
+                    await wait_for(settled, timeout=10, what="the controller to settle before it stops")
                 tg.cancel_scope.cancel()
 
 
@@ -425,27 +427,21 @@ def reconcile_count(registry: CollectorRegistry, result: str = "success") -> flo
                if labels.get("result") == result)
 
 
-def controller_quiet(manager: Manager) -> bool:
-    """Caches synced, nothing queued, delayed or in progress (Service and status lanes), no Event waiting
-    to be posted and no write on the wire: the controller has acted on everything it has seen."""
-    in_flight = manager.client.in_flight_writes if isinstance(manager.client, TrackingKubeClient) else 0
-    active = sum(value for _, value in _samples(manager.registry, "controller_runtime_active_workers"))
-    idle_queues = all(
-        len(queue) == 0 and stats.depth == 0 and stats.waiting == 0 and stats.processing == 0
-        for queue in (manager.queue, manager.status_queue) for stats in [queue.statistics()]
-    )
-    return (all(inf.has_synced for inf in manager.informers) and idle_queues and active == 0
-            and not manager.events._pending and in_flight == 0)
+def controller_quiet(app: App) -> bool:
+    """The controller says it has acted on everything it has seen (``controller_quiescent``), and no write
+    of its own is on the wire."""
+    in_flight = app.client.in_flight_writes if isinstance(app.client, TrackingKubeClient) else 0
+    return app.quiescent and in_flight == 0
 
 
-async def wait_quiet(manager: Manager, *, timeout: float = 60.0) -> None:
+async def wait_quiet(manager: App, *, timeout: float = 60.0) -> None:
     async def quiet() -> bool:
         return controller_quiet(manager)
     await wait_for(quiet, timeout=timeout, what="the controller to go quiet",
                    interval=0.1)
 
 
-def _synced(manager: Manager) -> Callable[[], Awaitable[bool]]:
+def _synced(manager: App) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
-        return manager.serving
+        return bool(manager.serving)
     return check

@@ -2,7 +2,7 @@
 
 No I/O, no anyio, no client: everything here is deterministic and table-tested. The reconcile key is
 the Service ``(namespace, "<module>-service")``; every ModuleDeployment in that namespace naming the
-module contributes (architecture §3): the oldest valid one decides port/targetPort and is the
+module contributes: the oldest valid one decides port/targetPort and is the
 controller owner, all of them are owners, and the others report ``PortConflict`` if they disagree.
 """
 
@@ -98,7 +98,7 @@ class ModuleDeploymentView:
 
     @property
     def age_key(self) -> tuple[str, str]:
-        # RFC 3339 timestamps in UTC sort lexicographically; the name breaks ties (architecture §3).
+        # RFC 3339 timestamps in UTC sort lexicographically; the name breaks ties.
         return (self.creation_timestamp, self.name)
 
 

@@ -1,4 +1,4 @@
-"""Event mapping: which Service keys an object change concerns (architecture §3). Pure functions."""
+"""Event mapping: which Service keys an object change concerns. Pure functions."""
 
 from __future__ import annotations
 

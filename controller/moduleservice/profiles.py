@@ -1,7 +1,7 @@
 """API identity: which ModuleDeployment API group/version and which Pod label prefix this controller serves.
 
-The same controller serves the seed's CRD and real Koupleless installs; only these three values differ
-(architecture §7). Explicit values override the chosen preset. Pure: no I/O.
+The same controller serves the seed's CRD and real Koupleless installs; only these three values differ.
+Explicit values override the chosen preset. Pure: no I/O.
 """
 
 from __future__ import annotations

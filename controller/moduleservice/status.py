@@ -1,4 +1,4 @@
-"""``status.moduleService`` of a ModuleDeployment (architecture §5), computed purely.
+"""``status.moduleService`` of a ModuleDeployment, computed purely.
 
 Only this sub-object is ours: Koupleless' module-controller owns the rest of the status. We write it
 through the status subresource with a merge patch, and only when it differs from what is cached.

@@ -12,7 +12,6 @@ coalesced: ten repeats before the sender gets to them are one request.
 from __future__ import annotations
 
 import datetime as dt
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
+from .clock import SYSTEM_CLOCK, Clock
 from .eventcorrelator import EventCorrelator, EventIdentity
 from .kube.client import KubeClient
 from .kube.errors import AlreadyExists, KubeError, NotFound
@@ -49,18 +49,29 @@ def now_rfc3339() -> str:
 class EventRecorder:
     def __init__(self, client: KubeClient | None, *, instance: str = "",
                  idle: Callable[[float], Awaitable[None]] | None = None,
-                 correlator: EventCorrelator | None = None) -> None:
+                 correlator: EventCorrelator | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
         self._client = client
         self._idle = idle
         self._instance = instance
-        self._correlator = correlator or EventCorrelator(time.monotonic)
+        self._clock = clock
+        self._correlator = correlator or EventCorrelator(clock.now)
         # Names waiting to be sent, in order, and for each the Event as it should end up; a repeat of
         # a waiting Event updates it in place (first send a POST, later ones a PATCH of count).
         self._pending: deque[str] = deque()
         self._bodies: dict[str, tuple[bool, dict[str, Any]]] = {}  # name -> (create?, body)
-        self._since: dict[str, float] = {}  # name -> when it started waiting (time.monotonic)
+        self._since: dict[str, float] = {}  # name -> when it started waiting (clock time)
         self._wake = anyio.Event()
         self.dropped = 0
+
+    @property
+    def pending(self) -> int:
+        """Events waiting to be sent, or being sent now."""
+        return len(self._pending)
+
+    def waiting(self) -> list[tuple[str, str, str, int]]:
+        """(type, reason, message, count) of every Event waiting to be sent, oldest first."""
+        return [(b["type"], b["reason"], b["message"], b["count"])
+                for b in (self._bodies[name][1] for name in self._pending)]
 
     @property
     def filtered(self) -> int:
@@ -92,7 +103,7 @@ class EventRecorder:
         }
         if waiting is None:
             self._pending.append(obs.name)
-            self._since.setdefault(obs.name, time.monotonic())
+            self._since.setdefault(obs.name, self._clock.now())
             self._bodies[obs.name] = (obs.count == 1, body)
         else:
             self._bodies[obs.name] = (waiting[0], body)  # still a create if the create has not gone out
@@ -108,7 +119,7 @@ class EventRecorder:
                 if self._idle is not None:
                     # Reconciles first: events are informational. The owner decides how long an event
                     # may wait, from when it started waiting.
-                    await self._idle(self._since.get(name, time.monotonic()))
+                    await self._idle(self._since.get(name, self._clock.now()))
                     if not self._pending or self._pending[0] != name:
                         continue
                 create, body = self._bodies[name]

@@ -14,16 +14,12 @@ controller-runtime: ``":8080"`` all interfaces, ``"127.0.0.1:0"`` an ephemeral p
 from __future__ import annotations
 
 import datetime
-import hashlib
 import ipaddress
 import os
 import ssl
 import tempfile
-import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Final, Generic, Protocol, TypeVar
+from collections.abc import Sequence
+from typing import Final
 
 import anyio
 import anyio.to_thread
@@ -34,35 +30,15 @@ from anyio.abc import TaskStatus
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from controller.runtime.kube.errors import KubeError
+from .authz import Authorizer
+from .health import HealthChecks
 
-__all__ = [
-    "Authorizer",
-    "HealthCheck",
-    "HealthChecks",
-    "KubeAuthorizer",
-    "MetricsServer",
-    "ProbeServer",
-    "ReviewClient",
-    "generate_self_signed_cert",
-    "parse_bind",
-]
+__all__ = ["MetricsServer", "ProbeServer", "generate_self_signed_cert", "parse_bind"]
 
 log = structlog.get_logger(__name__)
 
-HealthCheck = Callable[[], str | None]
-"""Returns None when healthy, else a short failure reason (shown with ``?verbose``)."""
-
 # In-flight requests get this long on shutdown; scrapes and probes take milliseconds.
 _SHUTDOWN_TIMEOUT: Final = 2.0
-_MAX_REASON: Final = 200
-
-# controller-runtime's delegating authn/authz cache TTLs (client-go.md §3.1).
-AUTHN_TTL: Final = 60.0
-AUTHZ_ALLOW_TTL: Final = 300.0
-AUTHZ_DENY_TTL: Final = 30.0
-REVIEW_TIMEOUT: Final = 10.0
-_CACHE_SIZE: Final = 1024
 
 
 def parse_bind(bind: str) -> tuple[str | None, int] | None:
@@ -75,77 +51,6 @@ def parse_bind(bind: str) -> tuple[str | None, int] | None:
         raise ValueError(f"invalid bind address {bind!r}: want [host]:port, or 0 to disable")
     host = host.removeprefix("[").removesuffix("]")
     return (host or None), int(port_text)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Health checks
-
-
-class HealthChecks:
-    """A named set of checks behind one endpoint (``/healthz`` or ``/readyz``)."""
-
-    def __init__(self) -> None:
-        self._checks: dict[str, HealthCheck] = {}
-
-    def add(self, name: str, fn: HealthCheck) -> None:
-        if not name or "/" in name or name in self._checks:
-            raise ValueError(f"invalid or duplicate health check name {name!r}")
-        self._checks[name] = fn
-
-    def names(self) -> list[str]:
-        return sorted(self._checks)
-
-    def run(self, name: str) -> str | None:
-        """Runs one check; a check that raises counts as failed, it never breaks the endpoint."""
-        try:
-            reason = self._checks[name]()
-        except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-        return None if reason is None else " ".join(reason.split())[:_MAX_REASON]
-
-    def render(self, *, verbose: bool, exclude: Sequence[str] = ()) -> tuple[int, str]:
-        """(status, body) in controller-runtime's text format: ``ok`` or a ``[+]``/``[-]`` listing."""
-        lines: list[str] = []
-        failed = False
-        for name in self.names():
-            if name in exclude:
-                lines.append(f"[+]{name} excluded: ok")
-                continue
-            reason = self.run(name)
-            if reason is None:
-                lines.append(f"[+]{name} ok")
-            else:
-                failed = True
-                lines.append(f"[-]{name} failed: {reason}")
-        if not self._checks:
-            lines.append("[+]ping ok")  # controller-runtime answers ok with no checks registered
-        if not failed and not verbose:
-            return 200, "ok"
-        unknown = sorted(set(exclude) - set(self._checks))
-        if unknown:
-            lines.append(f"warn: some health checks cannot be excluded: no matches for {', '.join(unknown)}")
-        # controller-runtime prints "healthz" on /readyz too; kept for anything parsing it.
-        lines.append("healthz check failed" if failed else "healthz check passed")
-        return (500 if failed else 200), "\n".join(lines) + "\n"
-
-    def aggregate_handler(self) -> Handler:
-        async def handle(request: web.Request) -> web.StreamResponse:
-            status, body = self.render(
-                verbose="verbose" in request.query, exclude=request.query.getall("exclude", [])
-            )
-            return _text(status, body)
-
-        return handle
-
-    def single_handler(self) -> Handler:
-        async def handle(request: web.Request) -> web.StreamResponse:
-            name = request.match_info["name"]
-            if name not in self._checks:
-                return _text(404, "404 page not found\n")
-            reason = self.run(name)
-            return _text(200, "ok") if reason is None else _text(500, f"internal server error: {reason}\n")
-
-        return handle
 
 
 def _text(status: int, body: str) -> web.Response:
@@ -208,21 +113,34 @@ class ProbeServer(_Server):
     def _app(self) -> web.Application:
         app = web.Application()
         for endpoint, checks in (("healthz", self.healthz), ("readyz", self.readyz)):
-            aggregate = checks.aggregate_handler()
+            aggregate = _aggregate_handler(checks)
             app.router.add_get(f"/{endpoint}", aggregate)
             app.router.add_get(f"/{endpoint}/", aggregate)
-            app.router.add_get(f"/{endpoint}/{{name}}", checks.single_handler())
+            app.router.add_get(f"/{endpoint}/{{name}}", _single_handler(checks))
         return app
+
+
+def _aggregate_handler(checks: HealthChecks) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        status, body = checks.render(verbose="verbose" in request.query, exclude=request.query.getall("exclude", []))
+        return _text(status, body)
+
+    return handle
+
+
+def _single_handler(checks: HealthChecks) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        if name not in checks:
+            return _text(404, "404 page not found\n")
+        reason = checks.run(name)
+        return _text(200, "ok") if reason is None else _text(500, f"internal server error: {reason}\n")
+
+    return handle
 
 
 # --------------------------------------------------------------------------------------------------------
 # Metrics server
-
-
-class Authorizer(Protocol):
-    """Decides one request: 200 allowed, 401 unauthenticated, 403 forbidden, 500 review failed."""
-
-    async def authorize(self, token: str, path: str, verb: str) -> int: ...
 
 
 def _bearer_token(header: str | None) -> str | None:
@@ -354,108 +272,3 @@ def generate_self_signed_cert(hosts: Sequence[str] = ("localhost", "127.0.0.1"))
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
-# --------------------------------------------------------------------------------------------------------
-# TokenReview / SubjectAccessReview
-
-
-class ReviewClient(Protocol):
-    """The part of :class:`controller.runtime.kube.client.KubeClient` the authorizer needs."""
-
-    # Plain def returning an Awaitable: matches KubeClient's ``async def request`` structurally.
-    def request(
-        self, method: str, path: str, *, body: Any = None, timeout: float | None = None
-    ) -> Awaitable[dict[str, Any]]: ...
-
-
-_V = TypeVar("_V")
-
-
-class _TTLCache(Generic[_V]):
-    """Bounded map with per-entry expiry; evicts the oldest insert when full."""
-
-    def __init__(self, max_size: int, clock: Callable[[], float]) -> None:
-        self._max_size = max_size
-        self._clock = clock
-        self._items: OrderedDict[Any, tuple[float, _V]] = OrderedDict()
-
-    def get(self, key: Any) -> _V | None:
-        item = self._items.get(key)
-        if item is None:
-            return None
-        if item[0] <= self._clock():
-            del self._items[key]
-            return None
-        return item[1]
-
-    def put(self, key: Any, value: _V, ttl: float) -> None:
-        self._items.pop(key, None)
-        self._items[key] = (self._clock() + ttl, value)
-        while len(self._items) > self._max_size:
-            self._items.popitem(last=False)
-
-
-@dataclass(frozen=True)
-class _Authn:
-    user: dict[str, Any] | None  # TokenReview status.user, None when not authenticated
-
-
-class KubeAuthorizer:
-    """Authorizer backed by the API server's TokenReview and SubjectAccessReview APIs.
-
-    Caches are keyed by the SHA-256 of the token, never the token; tokens are never logged. Review
-    errors are not cached and answer 500, so the next scrape retries.
-    """
-
-    def __init__(
-        self, client: ReviewClient, *, clock: Callable[[], float] | None = None, cache_size: int = _CACHE_SIZE
-    ) -> None:
-        self._client = client
-        clock = clock or time.monotonic
-        self._authn: _TTLCache[_Authn] = _TTLCache(cache_size, clock)
-        self._authz: _TTLCache[bool] = _TTLCache(cache_size, clock)
-
-    async def authorize(self, token: str, path: str, verb: str) -> int:
-        digest = hashlib.sha256(token.encode()).digest()
-        try:
-            authn = self._authn.get(digest)
-            if authn is None:
-                authn = await self._review_token(token)
-                self._authn.put(digest, authn, AUTHN_TTL)
-            if authn.user is None:
-                return 401
-            key = (digest, path, verb)
-            allowed = self._authz.get(key)
-            if allowed is None:
-                allowed = await self._review_access(authn.user, path, verb)
-                self._authz.put(key, allowed, AUTHZ_ALLOW_TTL if allowed else AUTHZ_DENY_TTL)
-        except KubeError as exc:
-            # The message comes from the server's Status, which never echoes the token.
-            log.warning("metrics auth review failed", error=str(exc))
-            return 500
-        return 200 if allowed else 403
-
-    async def _review_token(self, token: str) -> _Authn:
-        review = await self._client.request(
-            "POST",
-            "/apis/authentication.k8s.io/v1/tokenreviews",
-            body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}},
-            timeout=REVIEW_TIMEOUT,
-        )
-        status = review.get("status") or {}
-        user = status.get("user")
-        if status.get("authenticated") is True and isinstance(user, dict):
-            return _Authn(user)
-        return _Authn(None)
-
-    async def _review_access(self, user: dict[str, Any], path: str, verb: str) -> bool:
-        spec: dict[str, Any] = {"nonResourceAttributes": {"path": path, "verb": verb}}
-        for field, source in (("user", "username"), ("uid", "uid"), ("groups", "groups"), ("extra", "extra")):
-            if user.get(source):
-                spec[field] = user[source]
-        review = await self._client.request(
-            "POST",
-            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
-            body={"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec},
-            timeout=REVIEW_TIMEOUT,
-        )
-        return (review.get("status") or {}).get("allowed") is True

@@ -3,67 +3,48 @@
 Semantics follow client-go's Reflector (tools/cache/reflector.go):
 - WATCH with ``allowWatchBookmarks`` and a server ``timeoutSeconds`` drawn from [300, 600) each time;
   a clean end re-watches at once from the last resourceVersion (no relist).
-- Our own inactivity watchdog: no line (event or bookmark) for ``idle_timeout`` (~70 s; bookmarks come
-  about every minute) drops the stream, which then resumes from the last resourceVersion. This is the
-  silent half-open connection every Python controller has been bitten by. Two silent watches in a row
-  relist (a resource served without a watch cache sends no bookmarks; a stuck proxy passes nothing):
-  a relist that succeeds is progress, one that fails backs off like any other error.
-- 410 Gone (on the watch or in an ERROR event) relists after the backoff (client-go's reflector waits
-  between ListAndWatch rounds too, so many informers whose RVs expire together do not stampede); objects
-  that vanished meanwhile are delivered to handlers as deletes (client-go's DeletedFinalStateUnknown).
-- LIST resourceVersion semantics follow client-go's ``relistResourceVersion``: the first list asks for
-  ``resourceVersion=0`` (any cached state; the watch cache serves it without touching etcd), a relist
-  asks for state not older than the last one seen (``resourceVersionMatch=NotOlderThan``, also served
-  from the cache), and only a relist after 410 (our RV is gone) asks for the latest, consistent state.
-- Failures back off 0.8 s -> 30 s (factor 2, jitter 1.0), reset after 2 minutes without failure.
-- Streaming lists (``stream_lists``; client-go's WatchListClient, KEP-3157): the list is a WATCH with
-  ``sendInitialEvents=true``: the server sends every object as ADDED from its watch cache, then a BOOKMARK
-  annotated ``k8s.io/initial-events-end``, then carries on as a normal watch. No LIST, no etcd read, no
-  full list response in memory. A server that rejects the parameters (400/422) or ignores them (a plain
-  bookmark first) turns it off for good, and the informer lists as before; silence or an end of the
-  stream before the end marker lists this once, and twice in a row turns it off.
-- ``has_synced`` turns true after the first full list; ``run`` reports ``started`` at that moment.
+- Our own inactivity watchdog (the silent half-open connection every Python controller has met): no
+  event or bookmark for ``idle_timeout`` (~70 s; bookmarks come every minute) drops the stream, which
+  resumes from the last resourceVersion; two silent watches in a row relist.
+- 410 Gone relists after the backoff (so informers whose RVs expire together do not stampede); objects
+  that vanished meanwhile reach handlers as deletes. A 429 waits and re-watches from the same RV.
+- LIST resourceVersion follows client-go's ``relistResourceVersion``: the first list ``0`` (the watch
+  cache), a relist "not older than" the last RV seen, and only a relist after 410 the latest state.
+- Failures back off 0.8 s -> 30 s (factor 2, jitter 1.0), reset after 2 minutes without failure. ``run``
+  reports ``started`` after the first full list (``has_synced``).
+- Streaming lists (``stream_lists``; client-go's WatchListClient): the list is a WATCH with
+  ``sendInitialEvents=true`` ending in a BOOKMARK annotated ``k8s.io/initial-events-end``, then goes on as
+  the watch. A server that rejects or ignores it turns it off for good; silence before the end marker
+  lists this once, and twice in a row turns it off.
 - ``wedged_for()`` measures the loop itself (an attempt, a page or an event), never the API server: it
-  feeds liveness, which must not restart the process during an API outage (controller-runtime's choice:
-  liveness = not wedged, readiness = synced).
-- ``keep`` (client-go has no equivalent; controller-runtime's cache uses label/field selectors, which
-  cannot say "has a label key with this prefix" or "name ends with"): objects it rejects are never stored.
-  An object that stops being kept is delivered as a delete, one that starts being kept as an add, so a
-  change into or out of scope is never missed; on a list, those out of scope simply are not stored.
+  feeds liveness, which must not restart the process during an API outage.
+- ``keep`` (client-go has none; selectors cannot say "has a label key with this prefix"): objects it
+  rejects are never stored; one that stops (starts) being kept is delivered as a delete (an add).
 Handlers are called synchronously on the event loop and must only map objects to keys and enqueue.
-Store objects are shared and read-only by contract.
 """
 
 from __future__ import annotations
 
 import random
-import sys
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import anyio
-import orjson
 import structlog
 from anyio.abc import TaskStatus
 
+from .backoff import Backoff
+from .clock import SYSTEM_CLOCK, Clock
 from .kube.client import JsonObj, KubeClient
 from .kube.errors import ApiError, Gone, KubeError, TooManyRequests, TransportError, WatchStalled
 from .kube.resources import Resource
+from .listing import LIST_TIMEOUT, list_all
+from .store import EventHandler, Store, apply, compacted, object_key, replace, resource_version, strip_managed_fields
 
-__all__ = [
-    "Backoff",
-    "EventHandler",
-    "Informer",
-    "InformerMetrics",
-    "Store",
-    "object_key",
-    "strip_managed_fields",
-]
+__all__ = ["Informer", "InformerMetrics"]
 
 log = structlog.get_logger(__name__)
 
-IndexFunc = Callable[[JsonObj], Iterable[str]]
 Transform = Callable[[JsonObj], JsonObj]
 Keep = Callable[[JsonObj], bool]
 
@@ -71,7 +52,6 @@ PAGE_SIZE = 500  # client-go's pager default
 IDLE_TIMEOUT = 70.0  # kopf's default: longer than the ~60 s bookmark interval
 MIN_WATCH_TIMEOUT = 300  # client-go: random in [5m, 10m) spreads reconnects of many clients
 VERY_SHORT_WATCH = 1.0  # client-go: a watch that ends within 1 s with no event is an error
-LIST_TIMEOUT = 120.0  # per page
 SILENT_WATCHES_BEFORE_RELIST = 2
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 
@@ -82,25 +62,6 @@ class _NotStreaming(Exception):
     def __init__(self, message: str, *, permanent: bool = True) -> None:
         super().__init__(message)
         self.permanent = permanent
-
-
-def object_key(obj: Mapping[str, Any]) -> str:
-    meta = obj.get("metadata") or {}
-    ns = meta.get("namespace")
-    return f"{ns}/{meta.get('name')}" if ns else str(meta.get("name"))
-
-
-def strip_managed_fields(obj: JsonObj) -> JsonObj:
-    meta = obj.get("metadata")
-    if isinstance(meta, dict):
-        meta.pop("managedFields", None)
-    return obj
-
-
-class EventHandler(Protocol):
-    def on_add(self, obj: JsonObj) -> None: ...
-    def on_update(self, old: JsonObj, new: JsonObj) -> None: ...
-    def on_delete(self, obj: JsonObj) -> None: ...
 
 
 class InformerMetrics(Protocol):
@@ -125,99 +86,6 @@ class _NoMetrics:
     def synced(self, b: bool) -> None: ...
 
 
-class Store:
-    """An indexed map ``namespace/name -> object`` (client-go's thread-safe store, minus threads)."""
-
-    def __init__(self, indexers: Mapping[str, IndexFunc] | None = None) -> None:
-        self._items: dict[str, JsonObj] = {}
-        self._indexers = dict(indexers or {})
-        self._indices: dict[str, dict[str, set[str]]] = {name: {} for name in self._indexers}
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def get(self, key: str) -> JsonObj | None:
-        return self._items.get(key)
-
-    def values(self) -> list[JsonObj]:
-        return [*self._items.values()]
-
-    def keys(self) -> list[str]:
-        return [*self._items]
-
-    def by_index(self, index: str, value: str) -> list[JsonObj]:
-        keys = self._indices[index].get(value, ())
-        return [self._items[k] for k in keys]
-
-    def index_values(self, index: str) -> list[str]:
-        return [*self._indices[index]]
-
-    def upsert(self, obj: JsonObj) -> JsonObj | None:
-        key = object_key(obj)
-        old = self._items.get(key)
-        if old is not None:
-            self._unindex(key, old)
-        self._items[key] = obj
-        for name, fn in self._indexers.items():
-            idx = self._indices[name]
-            for value in fn(obj):
-                idx.setdefault(value, set()).add(key)
-        return old
-
-    def delete(self, key: str) -> JsonObj | None:
-        old = self._items.pop(key, None)
-        if old is not None:
-            self._unindex(key, old)
-        return old
-
-    def _unindex(self, key: str, obj: JsonObj) -> None:
-        for name, fn in self._indexers.items():
-            idx = self._indices[name]
-            for value in fn(obj):
-                keys = idx.get(value)
-                if keys is not None:
-                    keys.discard(key)
-                    if not keys:
-                        del idx[value]
-
-
-@dataclass
-class Backoff:
-    """client-go's reflector backoff: 0.8 s doubling to 30 s, jitter 1.0, reset after 2 min of health."""
-
-    initial: float = 0.8
-    cap: float = 30.0
-    factor: float = 2.0
-    jitter: float = 1.0
-    reset_after: float = 120.0
-    _current: float = field(default=0.0, init=False)
-    _last_failure: float = field(default=-1e18, init=False)
-
-    def next(self, now: float) -> float:
-        if now - self._last_failure > self.reset_after:
-            self._current = 0.0
-        self._last_failure = now
-        self._current = self.initial if self._current == 0 else min(self._current * self.factor, self.cap)
-        return self._current * (1 + self.jitter * random.random())
-
-
-def _compacted(items: list[JsonObj]) -> list[JsonObj]:
-    """The kept objects of a list, re-created side by side. Each was cut from a full object decoded next
-    to it, so a large list's survivors end up scattered over every memory arena the list used and CPython
-    can return none of them. Re-created once the full objects are gone, they fill few arenas and the rest
-    goes back to the OS: a 30,000-Pod list kept 195 MiB of RSS, 83 MiB compacted (orjson round trip:
-    milliseconds). Namespace strings are interned again, as the transforms do."""
-    blob = orjson.dumps(items)
-    items.clear()
-    out: list[JsonObj] = orjson.loads(blob)
-    del blob
-    for obj in out:
-        meta = obj.get("metadata")
-        if isinstance(meta, dict) and isinstance(ns := meta.get("namespace"), str):
-            meta["namespace"] = sys.intern(ns)
-    return out
-
-
 class Informer:
     """List-watch one resource (in one namespace, or all) into a Store and notify handlers."""
 
@@ -240,8 +108,11 @@ class Informer:
         field_selector: str | None = None,
         compact_lists: bool = False,
         on_replaced: Callable[[], None] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        backoff: Backoff | None = None,
     ) -> None:
         self.client = client
+        self.clock = clock
         self.resource = resource
         self.store = store
         # "" lists the whole cluster (Resource.path), so it must also mean "all" to the scope check below.
@@ -270,30 +141,26 @@ class Informer:
         # monotonic time of the last sign of life: a list done, or an event or bookmark received. Opening a
         # watch is not one: a stream that opens and then stays silent (a stalled proxy or LB) re-opens
         # every idle_timeout, and counting that would keep /healthz green while nothing arrives.
-        self.last_activity = anyio.current_time() if _in_loop() else 0.0
+        self.last_activity = clock.now()
         self.last_error: str | None = None
         # monotonic time the loop last turned: an attempt started, a page or an event arrived, a backoff ended.
         self.last_turn = self.last_activity
         self._silent_watches = 0
-        self._backoff = Backoff()
+        self._backoff = backoff or Backoff()
         self._log = log.bind(resource=resource.plural, namespace=namespace or "*")
 
     # ------------------------------------------------------------------ health
-    def stalled_for(self) -> float:
-        """Seconds without any sign of life; a healthy watch never exceeds ``idle_timeout``."""
-        return anyio.current_time() - self.last_activity
-
     def _alive(self) -> None:
-        self.last_activity = self.last_turn = anyio.current_time()
+        self.last_activity = self.last_turn = self.clock.now()
 
     def _turn(self) -> None:
-        self.last_turn = anyio.current_time()
+        self.last_turn = self.clock.now()
 
     def wedged_for(self) -> float:
         """Seconds since the loop last turned. Every await in it is bounded (a page by LIST_TIMEOUT, a
         silent watch by ``idle_timeout``, a backoff by twice its cap), so more than :attr:`step_limit` means
         the loop is stuck, whatever the API server does."""
-        return anyio.current_time() - self.last_turn
+        return self.clock.now() - self.last_turn
 
     @property
     def step_limit(self) -> float:
@@ -325,19 +192,19 @@ class Informer:
                     await self._list(relist_reason)
                     need_list = False
                     self._synced(task_status)
-                opened = anyio.current_time()
+                opened = self.clock.now()
                 events = await self._watch()
-                if events == 0 and anyio.current_time() - opened < VERY_SHORT_WATCH:
+                if events == 0 and self.clock.now() - opened < VERY_SHORT_WATCH:
                     raise TransportError("very short watch: closed within 1s without an event")
                 self._log.debug("watch_ended", resource_version=self.resource_version, events=events)
             except Gone as exc:
                 # The RV we hold was compacted away: only a fresh list can restore a consistent view.
                 self.metrics.gone()
-                delay = self._backoff.next(anyio.current_time())
+                delay = self._backoff.next(self.clock.now())
                 self._log.info("watch_expired", error=str(exc), relist_in_s=round(delay, 2))
                 need_list, relist_reason = True, "gone"
                 self.resource_version = ""
-                await anyio.sleep(delay)
+                await self.clock.sleep(delay)
             except WatchStalled as exc:
                 self.metrics.watch_error("stall")
                 self.last_error = str(exc)
@@ -353,17 +220,18 @@ class Informer:
                 kind = "transport" if isinstance(exc, TransportError) else "api"
                 self.metrics.watch_error(kind)
                 self.last_error = str(exc)
-                delay = self._backoff.next(anyio.current_time())
+                delay = self._backoff.next(self.clock.now())
                 if isinstance(exc, TooManyRequests) and exc.retry_after:
                     delay = max(delay, exc.retry_after)
-                if isinstance(exc, ApiError) and not need_list:
-                    # client-go relists after unexpected watch errors; connection failures re-watch.
+                if isinstance(exc, ApiError) and not isinstance(exc, TooManyRequests) and not need_list:
+                    # client-go relists after unexpected watch errors; connection failures re-watch, and so
+                    # does throttling (the reflector waits and retries the watch from the same RV).
                     need_list, relist_reason = True, "error"
                 self._log.warning(
                     "watch_failed" if not need_list or self.has_synced else "list_failed",
                     error=str(exc), retry_in_s=round(delay, 2),
                 )
-                await anyio.sleep(delay)
+                await self.clock.sleep(delay)
 
     def _synced(self, task_status: TaskStatus[None]) -> None:
         if not self.has_synced:
@@ -405,7 +273,7 @@ class Informer:
                 if annotations.get(INITIAL_EVENTS_END) != "true":
                     raise _NotStreaming("a bookmark without the initial-events-end annotation came first")
                 self._replace(list(items.values()))
-                self.resource_version = _rv(obj)
+                self.resource_version = resource_version(obj)
                 self._stream_synced = True
                 self._stream_misses = 0
                 self._log.info("list_done", objects=len(items), resource_version=self.resource_version,
@@ -460,51 +328,11 @@ class Informer:
         if reason != "initial":
             self.metrics.relist(reason)
         self.metrics.list()
-        path = self.resource.path(self.namespace)
-        kind = self.resource.kind
-        items: list[JsonObj] = []  # already transformed
-        params = self._list_params()
-        list_rv = ""
-        while True:
-            try:
-                page = await self.client.request("GET", path, params=params, timeout=LIST_TIMEOUT)
-            except Gone:
-                if "continue" not in params and "resourceVersion" not in params:
-                    raise
-                if "continue" in params:
-                    # The continue token expired mid-list: fall back to one unpaginated list (client-go
-                    # FullListIfExpired).
-                    items.clear()
-                    params = {k: v for k, v in params.items() if k not in ("continue", "limit")}
-                else:
-                    # Our RV is too old for the server to serve "not older than" (client-go's
-                    # isExpiredError): ask for the latest state instead.
-                    params.pop("resourceVersion")
-                    params.pop("resourceVersionMatch", None)
-                continue
-            self._turn()
-            page_items = page.get("items")
-            if page_items is None and "metadata" not in page:
-                raise TransportError(f"LIST {path}: the response is not a list")
-            # Transform page by page: holding every full object of a 30,000-Pod list until the end
-            # would grow the heap to the size of the full list, and CPython keeps that memory.
-            for raw in page_items or ():
-                raw.setdefault("kind", kind)
-                obj = self.transform(raw)
-                if self.keep is None or self.keep(obj):
-                    items.append(obj)
-            meta = page.get("metadata") or {}
-            list_rv = str(meta.get("resourceVersion") or list_rv)
-            token = meta.get("continue")
-            if not token:
-                break
-            params["continue"] = token
-            # A continued page carries the first page's snapshot; resourceVersion must not be repeated.
-            params.pop("resourceVersion", None)
-            params.pop("resourceVersionMatch", None)
+        items, list_rv = await list_all(
+            self.client, self.resource.path(self.namespace), self._list_params(), kind=self.resource.kind,
+            transform=self.transform, keep=self.keep, on_page=self._turn)
         if self.compact_lists and len(items) >= self.page_size:
-            del page, page_items, raw  # the last page's full objects must be gone first (items is not empty)
-            items = _compacted(items)
+            items = compacted(items)
         self._replace(items)
         self.resource_version = list_rv
         self._silent_watches = 0
@@ -515,27 +343,7 @@ class Informer:
         return self.namespace is None or key.startswith(self.namespace + "/")
 
     def _replace(self, items: list[JsonObj]) -> None:
-        """Syncs the store to a full list of transformed objects: adds, updates (only when the RV changed)
-        and deletes."""
-        seen: set[str] = set()
-        for obj in items:
-            key = object_key(obj)
-            seen.add(key)
-            old = self.store.get(key)
-            if old is not None and _rv(old) == _rv(obj):
-                continue
-            self.store.upsert(obj)
-            for h in self.handlers:
-                if old is None:
-                    h.on_add(obj)
-                else:
-                    h.on_update(old, obj)
-        stale = [k for k in self.store.keys() if k not in seen and self._in_scope(k)]  # noqa: SIM118
-        for key in stale:
-            gone = self.store.delete(key)
-            if gone is not None:
-                for h in self.handlers:
-                    h.on_delete(gone)
+        replace(self.store, items, self.handlers, self._in_scope)
         self.metrics.objects(len(self.store))
         if self.on_replaced is not None:
             self.on_replaced()
@@ -549,8 +357,6 @@ class Informer:
         }
         if self.label_selector:
             params["labelSelector"] = self.label_selector
-        if self.field_selector:
-            params["fieldSelector"] = self.field_selector
         if self.field_selector:
             params["fieldSelector"] = self.field_selector
         count = 0
@@ -578,40 +384,14 @@ class Informer:
             self._log.warning("watch_event_unexpected", type=etype)
             return
         self.metrics.event(str(etype))
-        rv = _rv(obj)
+        rv = resource_version(obj)
         if etype == "BOOKMARK":
             if rv:
                 self.resource_version = rv
             return
         obj.setdefault("kind", self.resource.kind)
         obj = self.transform(obj)
-        key = object_key(obj)
-        kept = self.keep is None or self.keep(obj)
-        if etype == "DELETED" or not kept:
-            # Deleted, or out of scope now (e.g. a Pod lost its last module label): gone for our handlers.
-            old = self.store.delete(key)
-            if old is not None or (etype == "DELETED" and kept):
-                for h in self.handlers:
-                    h.on_delete(old if old is not None else obj)
-        else:
-            old = self.store.upsert(obj)
-            for h in self.handlers:
-                if old is None:
-                    h.on_add(obj)
-                else:
-                    h.on_update(old, obj)
+        apply(self.store, obj, self.handlers, deleted=etype == "DELETED", kept=self.keep is None or self.keep(obj))
         if rv:
             self.resource_version = rv
         self.metrics.objects(len(self.store))
-
-
-def _rv(obj: Mapping[str, Any]) -> str:
-    return str((obj.get("metadata") or {}).get("resourceVersion") or "")
-
-
-def _in_loop() -> bool:
-    try:
-        anyio.current_time()
-    except Exception:
-        return False
-    return True

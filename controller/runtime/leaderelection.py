@@ -26,41 +26,34 @@ from __future__ import annotations
 import enum
 import math
 import random
-import socket
-import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from typing import Any, NoReturn, Protocol
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any, NoReturn
 
 import anyio
 import structlog
 
-from .errors import ConfigError  # one ConfigError for the whole CLI; re-exported in __all__
+from .clock import SYSTEM_CLOCK, Clock
 from .kube.errors import Conflict, KubeError, NotFound
-from .kube.resources import LEASES
+from .leaselock import (
+    JITTER_FACTOR,
+    LeaderElectionConfig,
+    LeaderElectionRecord,
+    LeaseApi,
+    micro_time,
+    new_lease,
+    with_record,
+)
 
-__all__ = [
-    "DEFAULT_LOCK_NAME",
-    "JITTER_FACTOR",
-    "ConfigError",
-    "KubeLeaseApi",
-    "LeaderElectionConfig",
-    "LeaderElectionRecord",
-    "LeaderElector",
-    "LeadershipLost",
-    "LeaseApi",
-    "default_identity",
-    "micro_time",
-]
+__all__ = ["LeaderElector", "LeadershipLost", "NotLeader"]
 
 log = structlog.get_logger(__name__)
 
 JsonObj = dict[str, Any]
 
-DEFAULT_LOCK_NAME = "module-service-controller"
-# client-go JitterFactor: acquire attempts are spaced retry_period * [1, 2.2).
-JITTER_FACTOR = 1.2
+
+class NotLeader(Exception):
+    """A write was attempted without leadership: the fence refused it."""
 
 
 class LeadershipLost(Exception):
@@ -70,142 +63,6 @@ class LeadershipLost(Exception):
         self.lease = lease
         self.reason = reason
         super().__init__(f"leader election lost: lease {lease}: {reason}")
-
-
-def default_identity() -> str:
-    """controller-runtime's identity: ``hostname_uuid`` (unique even for two processes on one host)."""
-    return f"{socket.gethostname()}_{uuid.uuid4()}"
-
-
-def micro_time(now: datetime | None = None) -> str:
-    """A ``metav1.MicroTime`` string: RFC 3339, UTC, always six fractional digits."""
-    return (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-@dataclass(frozen=True, slots=True)
-class LeaderElectionConfig:
-    lock_namespace: str
-    lock_name: str = DEFAULT_LOCK_NAME
-    identity: str = field(default_factory=default_identity)
-    # Defaults are controller-runtime's 15 s / 10 s / 2 s.
-    lease_duration: float = 15.0
-    renew_deadline: float = 10.0
-    retry_period: float = 2.0
-    # True (controller-runtime defaults to False): a clean shutdown hands over in ~1 s, not 15 s.
-    release_on_cancel: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("lock_namespace", "lock_name", "identity"):
-            if not getattr(self, name):
-                raise ConfigError(f"leader election: {name} must not be empty")
-        for name in ("lease_duration", "renew_deadline", "retry_period"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"leader election: {name} must be greater than zero")
-        # Same checks and order as client-go NewLeaderElector.
-        if self.lease_duration <= self.renew_deadline:
-            raise ConfigError(
-                f"leader election: lease duration ({self.lease_duration}s) must be greater than "
-                f"renew deadline ({self.renew_deadline}s)"
-            )
-        if self.renew_deadline <= JITTER_FACTOR * self.retry_period:
-            raise ConfigError(
-                f"leader election: renew deadline ({self.renew_deadline}s) must be greater than "
-                f"{JITTER_FACTOR} x retry period ({self.retry_period}s)"
-            )
-
-    @property
-    def request_timeout(self) -> float:
-        """Per-request timeout, controller-runtime's ``max(RenewDeadline/2, 1s)``."""
-        return max(self.renew_deadline / 2, 1.0)
-
-    @property
-    def lease_duration_seconds(self) -> int:
-        """What is written to ``spec.leaseDurationSeconds`` (an integer field). Rounded *up*, so other
-        candidates never wait less than we assume."""
-        return max(1, math.ceil(self.lease_duration))
-
-
-@dataclass(frozen=True, slots=True)
-class LeaderElectionRecord:
-    """The Lease spec fields leader election reads and writes (client-go ``LeaderElectionRecord``)."""
-
-    holder_identity: str
-    lease_duration_seconds: int
-    acquire_time: str | None
-    renew_time: str | None
-    lease_transitions: int
-
-    @classmethod
-    def from_lease(cls, lease: Mapping[str, Any]) -> LeaderElectionRecord:
-        spec = lease.get("spec")
-        if not isinstance(spec, Mapping):
-            spec = {}
-        # Missing fields read as client-go does: a missing duration is 0, i.e. already expired.
-        duration = spec.get("leaseDurationSeconds")
-        transitions = spec.get("leaseTransitions")
-        acquire = spec.get("acquireTime")
-        renew = spec.get("renewTime")
-        return cls(
-            holder_identity=str(spec.get("holderIdentity") or ""),
-            lease_duration_seconds=duration if isinstance(duration, int) else 0,
-            acquire_time=acquire if isinstance(acquire, str) else None,
-            renew_time=renew if isinstance(renew, str) else None,
-            lease_transitions=transitions if isinstance(transitions, int) else 0,
-        )
-
-    def to_spec(self) -> JsonObj:
-        # The whole spec is replaced, like client-go LeaderElectionRecordToLeaseSpec.
-        spec: JsonObj = {
-            "holderIdentity": self.holder_identity,
-            "leaseDurationSeconds": self.lease_duration_seconds,
-            "leaseTransitions": self.lease_transitions,
-        }
-        if self.acquire_time is not None:
-            spec["acquireTime"] = self.acquire_time
-        if self.renew_time is not None:
-            spec["renewTime"] = self.renew_time
-        return spec
-
-
-class LeaseApi(Protocol):
-    """The three Lease calls leader election needs. ``replace`` must send the body's
-    ``metadata.resourceVersion`` so a stale write fails with :class:`Conflict`."""
-
-    async def get(self, namespace: str, name: str) -> JsonObj: ...
-
-    async def create(self, namespace: str, body: JsonObj) -> JsonObj: ...
-
-    async def replace(self, namespace: str, name: str, body: JsonObj) -> JsonObj: ...
-
-
-class _Requester(Protocol):
-    # The slice of KubeClient.request used here (KubeClient satisfies it structurally, hence the
-    # `timeout` parameter name).
-    async def request(
-        self, method: str, path: str, *, body: Any = None, timeout: float | None = None
-    ) -> JsonObj: ...
-
-
-class KubeLeaseApi:
-    """:class:`LeaseApi` over :class:`controller.runtime.kube.client.KubeClient`.
-
-    Pass ``timeout=config.request_timeout`` so a hung request cannot outlive the renew deadline.
-    """
-
-    def __init__(self, client: _Requester, *, timeout: float = 5.0) -> None:
-        self._client = client
-        self._timeout = timeout
-
-    async def get(self, namespace: str, name: str) -> JsonObj:
-        return await self._client.request("GET", LEASES.path(namespace, name), timeout=self._timeout)
-
-    async def create(self, namespace: str, body: JsonObj) -> JsonObj:
-        return await self._client.request("POST", LEASES.path(namespace), body=body, timeout=self._timeout)
-
-    async def replace(self, namespace: str, name: str, body: JsonObj) -> JsonObj:
-        return await self._client.request(
-            "PUT", LEASES.path(namespace, name), body=body, timeout=self._timeout
-        )
 
 
 class _Outcome(enum.Enum):
@@ -235,13 +92,15 @@ class LeaderElector:
         config: LeaderElectionConfig,
         api: LeaseApi,
         *,
-        clock: Callable[[], float] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
         on_change: Callable[[bool], object] | None = None,
     ) -> None:
         self.config = config
         self._api = api
-        # Monotonic by default; Lease timestamps are informational only (client-go does the same).
-        self._clock: Callable[[], float] = clock or anyio.current_time
+        # Monotonic: expiry is judged on our own clock; Lease timestamps are informational only (client-go
+        # does the same). Every sleep and timeout is on it too, so a fake clock drives it all in tests.
+        self.clock = clock
+        self._clock: Callable[[], float] = clock.now
         self._on_change = on_change
         self._fields = {
             "lease": f"{config.lock_namespace}/{config.lock_name}",
@@ -251,7 +110,6 @@ class LeaderElector:
         self._observed: LeaderElectionRecord | None = None
         self._observed_time = 0.0
         self._leading = False
-        self._leading_since: float | None = None
         self._renewed_at = -math.inf  # start of the last successful write of our own holdership
         self._last_error: str | None = None
 
@@ -266,21 +124,6 @@ class LeaderElector:
             return False
         return self._clock() < self._renewed_at + self.config.renew_deadline
 
-    @property
-    def leading_since(self) -> float | None:
-        """Clock time at which we became leader, or None while not leading."""
-        return self._leading_since
-
-    @property
-    def observed_record(self) -> LeaderElectionRecord | None:
-        return self._observed
-
-    def last_observed_age(self) -> float | None:
-        """Seconds since the observed record last changed (or we last wrote it); None before any."""
-        if self._observed is None:
-            return None
-        return self._clock() - self._observed_time
-
     def healthy(self, *, max_tolerable_expired: float = 20.0) -> bool:
         """client-go ``HealthzAdaptor.Check``: unhealthy only if we hold the record but have not renewed
         it for ``lease_duration + max_tolerable_expired`` (a wedged leader that failed to exit).
@@ -294,7 +137,6 @@ class LeaderElector:
         if leading == self._leading:
             return
         self._leading = leading
-        self._leading_since = self._clock() if leading else None
         if self._on_change is not None:
             self._on_change(leading)
 
@@ -323,7 +165,7 @@ class LeaderElector:
                 log.debug("lease_held_by_other", holder=self._observed.holder_identity, **self._fields)
             else:
                 log.info("lease_acquire_failed", error=self._last_error, **self._fields)
-            await anyio.sleep(_jittered(self.config.retry_period))
+            await self.clock.sleep(_jittered(self.config.retry_period))
 
     async def renew_loop(self) -> None:
         """Renews every ``retry_period`` while leading; never returns normally.
@@ -338,11 +180,11 @@ class LeaderElector:
         while True:
             deadline = self._renewed_at + cfg.renew_deadline
             now = self._clock()
-            await anyio.sleep(max(0.0, min(now + cfg.retry_period, deadline) - now))
+            await self.clock.sleep(max(0.0, min(now + cfg.retry_period, deadline) - now))
             if self._clock() >= deadline:
                 self._lose("renew_deadline_exceeded")
             outcome = _Outcome.FAILED
-            with anyio.move_on_after(deadline - self._clock()) as scope:
+            async with self.clock.move_on_after(deadline - self._clock()) as scope:
                 outcome = await self._try_acquire_or_renew()
             if scope.cancelled_caught:
                 self._last_error = "request still pending at the renew deadline"
@@ -368,7 +210,7 @@ class LeaderElector:
         self._set_leading(False)  # fence before the write
         if self._observed is None or self._observed.holder_identity != self.config.identity:
             return
-        with anyio.move_on_after(self.config.renew_deadline, shield=True) as scope:
+        async with self.clock.move_on_after(self.config.renew_deadline, shield=True) as scope:
             try:
                 await self._release_once()
             except NotFound:
@@ -403,8 +245,9 @@ class LeaderElector:
 
     async def _bounded(self, call: Callable[[], Awaitable[JsonObj]]) -> JsonObj:
         # Our own bound as well as the client's: a fake or a stuck connection must not stall renewal.
-        with anyio.fail_after(self.config.request_timeout):
+        async with self.clock.move_on_after(self.config.request_timeout):
             return await call()
+        raise TimeoutError(f"no answer within {self.config.request_timeout}s")
 
     def _record_write(self, stored: JsonObj, written: LeaderElectionRecord, started: float) -> None:
         self._lease = stored
@@ -447,7 +290,7 @@ class LeaderElector:
                 mine, acquire_time=observed.acquire_time, lease_transitions=observed.lease_transitions
             )
             try:
-                body = _with_record(cached, record)
+                body = with_record(cached, record)
                 stored = await self._bounded(lambda: self._api.replace(ns, name, body))
             except _ATTEMPT_ERRORS as exc:
                 log.debug("lease_fast_renew_failed", error=_describe(exc), **self._fields)
@@ -460,7 +303,7 @@ class LeaderElector:
             current_obj = await self._bounded(lambda: self._api.get(ns, name))
         except NotFound:
             try:
-                stored = await self._bounded(lambda: self._api.create(ns, _new_lease(ns, name, mine)))
+                stored = await self._bounded(lambda: self._api.create(ns, new_lease(ns, name, mine)))
             except _ATTEMPT_ERRORS as exc:
                 self._last_error = _describe(exc)
                 return _Outcome.FAILED
@@ -487,7 +330,7 @@ class LeaderElector:
         else:
             record = replace(mine, lease_transitions=current.lease_transitions + 1)
         try:
-            body = _with_record(current_obj, record)
+            body = with_record(current_obj, record)
             stored = await self._bounded(lambda: self._api.replace(ns, name, body))
         except _ATTEMPT_ERRORS as exc:
             self._last_error = _describe(exc)
@@ -512,7 +355,7 @@ class LeaderElector:
         )
         lease = self._lease
         try:
-            stored = await self._bounded(lambda: self._api.replace(ns, name, _with_record(lease, record)))
+            stored = await self._bounded(lambda: self._api.replace(ns, name, with_record(lease, record)))
         except Conflict:
             # Our cached resourceVersion is stale: re-read, and release only if it is still ours.
             fresh = await self._bounded(lambda: self._api.get(ns, name))
@@ -522,24 +365,8 @@ class LeaderElector:
                          holder=fresh_record.holder_identity, **self._fields)
                 return
             record = replace(record, lease_transitions=fresh_record.lease_transitions)
-            stored = await self._bounded(lambda: self._api.replace(ns, name, _with_record(fresh, record)))
+            stored = await self._bounded(lambda: self._api.replace(ns, name, with_record(fresh, record)))
         self._record_write(stored, record, started)
         log.info("lease_released", transitions=record.lease_transitions, **self._fields)
 
 
-def _new_lease(namespace: str, name: str, record: LeaderElectionRecord) -> JsonObj:
-    return {
-        "apiVersion": LEASES.api_version,
-        "kind": LEASES.kind,
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": record.to_spec(),
-    }
-
-
-def _with_record(lease: Mapping[str, Any], record: LeaderElectionRecord) -> JsonObj:
-    # Keeps metadata (resourceVersion above all) and replaces only the spec.
-    body = dict(lease)
-    body.setdefault("apiVersion", LEASES.api_version)
-    body.setdefault("kind", LEASES.kind)
-    body["spec"] = record.to_spec()
-    return body

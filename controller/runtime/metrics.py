@@ -13,7 +13,6 @@ The work queue and the informers receive narrow adapters (:class:`QueueMetricsAd
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Iterable
 from typing import Final
@@ -28,9 +27,8 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
+
+from .tasksmetric import AsyncioTasksCollector
 
 __all__ = [
     "CONVERGENCE_BUCKETS",
@@ -42,7 +40,6 @@ __all__ = [
     "REST_DURATION_BUCKETS",
     "WATCH_ERROR_KINDS",
     "WORKQUEUE_BUCKETS",
-    "AsyncioTasksCollector",
     "InformerMetricsAdapter",
     "Metrics",
     "QueueMetricsAdapter",
@@ -76,41 +73,6 @@ _OTHER: Final = "other"
 
 def _bounded(value: str, allowed: Iterable[str]) -> str:
     return value if value in allowed else _OTHER
-
-
-class AsyncioTasksCollector(Collector):
-    """``moduleservice_asyncio_tasks``: the asyncio stand-in for ``go_goroutines``, computed at scrape."""
-
-    NAME: Final = "moduleservice_asyncio_tasks"
-
-    def __init__(self) -> None:
-        try:
-            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:  # built outside a loop (tests, CLI parsing): look again at scrape time
-            self._loop = None
-
-    def _count(self) -> int:
-        loop = self._loop
-        if loop is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                return 0
-        if loop.is_closed():
-            return 0
-        return len(asyncio.all_tasks(loop))
-
-    def _family(self) -> GaugeMetricFamily:
-        return GaugeMetricFamily(self.NAME, "Number of asyncio tasks that are not yet done.")
-
-    def describe(self) -> Iterable[Metric]:
-        # Lets the registry learn the name without calling collect() at registration.
-        return [self._family()]
-
-    def collect(self) -> Iterable[Metric]:
-        family = self._family()
-        family.add_metric([], float(self._count()))
-        return [family]
 
 
 class QueueMetricsAdapter:
@@ -201,7 +163,7 @@ class InformerMetricsAdapter:
 
 
 class Metrics:
-    """All metrics of architecture §8, registered on ``registry``."""
+    """All metrics of docs/contracts.md, registered on ``registry``."""
 
     def __init__(
         self,
@@ -342,6 +304,11 @@ class Metrics:
             "Time from a change seen on a watch to its Service converged.",
             ["controller"], buckets=CONVERGENCE_BUCKETS, registry=r,
         )
+        self.quiescent = Gauge(
+            "controller_quiescent",
+            "1 when the controller has nothing left to do: caches synced, nothing queued, in progress or "
+            "waiting for a delay in any work queue, and no Event waiting to be sent.", registry=r,
+        )
         r.register(AsyncioTasksCollector())
         if r is not REGISTRY:
             # The default registry already carries these; a custom one needs them for the same
@@ -418,14 +385,6 @@ class Metrics:
         self.rest_requests.labels(code=code, method=verb, host=host).inc()
         if verb != "WATCH":
             self.rest_duration.labels(verb=verb, host=host).observe(seconds)
-
-    def rest_hook(self, host: str) -> Callable[[str, str, float], None]:
-        """A ``KubeClient.on_request`` hook bound to ``host`` (``client.host``)."""
-
-        def hook(verb: str, code: str, seconds: float) -> None:
-            self.observe_request(verb, code, seconds, host)
-
-        return hook
 
     # --- leader election ----------------------------------------------------------------------------------
     def init_leader(self, name: str) -> None:

@@ -18,6 +18,7 @@ class Result:
     requeue: bool = False
     requeue_after: float | None = None
     reason: str = ""  # why, for the log line (not a Kubernetes reason)
+    actions: tuple[str, ...] = ()  # what the reconcile did, for the log line
 
     @property
     def label(self) -> str:

@@ -29,17 +29,16 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from .clock import SYSTEM_CLOCK, Clock
+
 __all__ = [
     "BucketRateLimiter",
-    "Clock",
-    "FakeClock",
     "ItemExponentialFailureRateLimiter",
     "MaxOfRateLimiter",
     "NoopQueueMetrics",
     "QueueMetrics",
     "QueueStatistics",
     "RateLimiter",
-    "RealClock",
     "ShutDown",
     "WorkQueue",
 ]
@@ -50,49 +49,6 @@ T_contra = TypeVar("T_contra", bound=Hashable, contravariant=True)
 
 class ShutDown(Exception):  # named after client-go's shutdown flag returned by Get
     """Raised by :meth:`WorkQueue.get` once the queue is shut down and empty."""
-
-
-class Clock(Protocol):
-    def now(self) -> float: ...  # monotonic seconds
-    async def sleep_until(self, deadline: float) -> None: ...
-
-
-class RealClock:
-    """The event loop's monotonic clock."""
-
-    def now(self) -> float:
-        return anyio.current_time()
-
-    async def sleep_until(self, deadline: float) -> None:
-        await anyio.sleep_until(deadline)
-
-
-class FakeClock:
-    """Manually advanced clock for tests; sleepers wake when :meth:`advance` passes their deadline."""
-
-    def __init__(self, start: float = 0.0) -> None:
-        self._now = start
-        self._sleepers: set[tuple[float, anyio.Event]] = set()
-
-    def now(self) -> float:
-        return self._now
-
-    async def sleep_until(self, deadline: float) -> None:
-        if deadline <= self._now:
-            await anyio.lowlevel.checkpoint()  # like anyio.sleep_until, always a checkpoint
-            return
-        entry = (deadline, anyio.Event())
-        self._sleepers.add(entry)
-        try:
-            await entry[1].wait()
-        finally:
-            self._sleepers.discard(entry)
-
-    def advance(self, seconds: float) -> None:
-        self._now += seconds
-        for entry in [e for e in self._sleepers if e[0] <= self._now]:
-            self._sleepers.discard(entry)
-            entry[1].set()
 
 
 class QueueMetrics(Protocol):
@@ -147,7 +103,7 @@ class BucketRateLimiter(Generic[T]):
 
     def __init__(self, qps: float = 10.0, burst: int = 100, *, clock: Clock | None = None) -> None:
         self.qps, self.burst = qps, burst
-        self._clock: Clock = clock or RealClock()
+        self._clock: Clock = clock or SYSTEM_CLOCK
         self._tokens = float(burst)
         self._last: float | None = None
 
@@ -203,7 +159,7 @@ class WorkQueue(Generic[T]):
         metrics: QueueMetrics | None = None,
         rate_limiter: RateLimiter[T] | None = None,
     ) -> None:
-        self._clock: Clock = clock or RealClock()
+        self._clock: Clock = clock or SYSTEM_CLOCK
         self._metrics: QueueMetrics = metrics or NoopQueueMetrics()
         # controller-runtime >= 0.23 default: per-item exponential only, no global 10 qps bucket.
         self._limiter: RateLimiter[T] = rate_limiter or ItemExponentialFailureRateLimiter[T]()
@@ -288,16 +244,8 @@ class WorkQueue(Generic[T]):
                 self._drained = anyio.Event()
             await self._drained.wait()
 
-    @property
-    def shutting_down(self) -> bool:
-        return self._shutting_down
-
     def __len__(self) -> int:
         return len(self._queue)
-
-    def added_at(self, item: T) -> float | None:
-        """Clock time the item was first added (or became ready) and not yet handed out."""
-        return self._added_at.get(item)
 
     def handed_out_added_at(self, item: T) -> float | None:
         """For an item now being processed: clock time it was first added (or became ready)."""

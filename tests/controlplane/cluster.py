@@ -116,14 +116,14 @@ def _owned_by(pid: int, directory: Path) -> bool:
 # Popen handles of the components we started, kept until they are stopped and polled then: a handle
 # collected without a recorded exit status raises ResourceWarning (an error under the suite's
 # filterwarnings).
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
-def _kill(pid: int, directory: Path, timeout: float = 15.0) -> None:
+def kill_process(pid: int, directory: Path, timeout: float = 15.0) -> None:
     try:
         _kill_and_wait(pid, directory, timeout)
     finally:
-        child = _CHILDREN.pop(pid, None)
+        child = CHILDREN.pop(pid, None)
         if child is not None:
             # wait, not poll: a multi-threaded process shows "Z" (so _alive says dead) a little before
             # the kernel lets it be reaped.
@@ -169,6 +169,7 @@ class ControlPlane:
     netns: str | None = None  # name of a network namespace (ip netns) to run every component in
     advertise_address: str = "127.0.0.1"  # with netns: the node's address, which Pods reach
     workloads: bool = False  # ServiceAccount admission + the controllers Pods on a kubelet need
+    extra_apiserver_args: list[str] = field(default_factory=list)  # appended to kube-apiserver's flags
 
     # ---------------------------------------------------------------- paths
     @property
@@ -270,7 +271,7 @@ class ControlPlane:
         for name in [*reversed(_ORDER), *self.pids]:
             pid = self.pids.pop(name, None)
             if pid:
-                _kill(pid, self.directory)
+                kill_process(pid, self.directory)
         self._save()
         if remove:
             shutil.rmtree(self.directory, ignore_errors=True)
@@ -294,7 +295,7 @@ class ControlPlane:
             env={**os.environ, "PYTHONPATH": str(_ROOT)} if name == "forward" else None,
         )
         log.close()
-        _CHILDREN[proc.pid] = proc
+        CHILDREN[proc.pid] = proc
         self.pids[name] = proc.pid
         self._save()
 
@@ -310,7 +311,7 @@ class ControlPlane:
         if sig == signal.SIGKILL:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-        _kill(pid, self.directory)
+        kill_process(pid, self.directory)
         self._save()
 
     def running(self) -> dict[str, bool]:
@@ -449,7 +450,7 @@ class ControlPlane:
             f"--audit-policy-file={pki / 'audit-policy.json'}", f"--audit-log-path={self.audit_log}",
             "--audit-log-format=json", "--audit-log-maxbackup=1", "--audit-log-maxsize=200",
             "--allow-privileged=true", "--profiling=false", "--event-ttl=30m",
-            "--v=0",
+            "--v=0", *self.extra_apiserver_args,
         ]
 
     def _kcm_args(self) -> list[str]:

@@ -36,7 +36,7 @@ from prometheus_client.samples import Sample
 from controller.runtime.kube.client import JsonObj
 from controller.runtime.kube.errors import NotFound
 from controller.runtime.kube.resources import LEASES
-from controller.runtime.leaderelection import DEFAULT_LOCK_NAME, JITTER_FACTOR
+from controller.runtime.leaselock import DEFAULT_LOCK_NAME, JITTER_FACTOR
 from tests.harness import Api, wait_for
 
 __all__ = [
@@ -86,7 +86,7 @@ def free_port() -> int:
 # Runs first in the child and execs the controller: PR_SET_PDEATHSIG (1) makes the kernel SIGKILL it when
 # the test process dies (it survives exec), so a killed pytest leaves no controller behind. A shim
 # rather than preexec_fn, which is unsafe once the test process has threads.
-_EXEC_WITH_PDEATHSIG = (
+EXEC_WITH_PDEATHSIG = (
     "import ctypes, os, signal, sys\n"
     "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)\n"
     "if os.getppid() != int(sys.argv[1]):\n"
@@ -139,7 +139,7 @@ class ControllerProcess:
         with log_path.open("ab") as log:
             # stdout (JSON lines) and stderr (one-line fatal errors) share the file.
             self.popen = subprocess.Popen(
-                [sys.executable, "-c", _EXEC_WITH_PDEATHSIG, str(os.getpid()), *argv],
+                [sys.executable, "-c", EXEC_WITH_PDEATHSIG, str(os.getpid()), *argv],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             )
         self.started_at = time.monotonic()

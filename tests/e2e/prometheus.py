@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from tests.e2e.procs import _EXEC_WITH_PDEATHSIG, free_port
+from tests.e2e.procs import EXEC_WITH_PDEATHSIG, free_port
 from tests.harness import wait_for
 
 __all__ = ["PROMETHEUS", "Alert", "Prometheus", "Target", "finite_series", "prometheus_server"]
@@ -107,7 +107,7 @@ class Prometheus:
                 "--storage.tsdb.retention.time=1h", "--log.level=info"]
         with self.log_path.open("ab") as log:
             self.popen = subprocess.Popen(
-                [sys.executable, "-c", _EXEC_WITH_PDEATHSIG, str(os.getpid()), *argv],
+                [sys.executable, "-c", EXEC_WITH_PDEATHSIG, str(os.getpid()), *argv],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir,
             )
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))

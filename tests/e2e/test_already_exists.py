@@ -1,5 +1,5 @@
 """A create that meets AlreadyExists is never turned into an overwrite (a README claim with no live test
-before, issue 10).
+before).
 
 The fault proxy holds the controller's Service watch, so a Service created by someone else is not in its
 cache when a ModuleDeployment asks for that name: the controller POSTs and gets 409 AlreadyExists. It must

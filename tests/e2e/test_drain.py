@@ -1,5 +1,5 @@
-"""SIGTERM drains in-flight reconciles at the process level (a README claim with no live test before,
-issue 10). A fault proxy holds the controller's Service POST for a few seconds; SIGTERM arrives while it
+"""SIGTERM drains in-flight reconciles at the process level (a README claim). A fault proxy holds the
+controller's Service POST for a few seconds; SIGTERM arrives while it
 is in flight; the process must let it finish (the Service exists, created by this process), release the
 Lease and exit 0."""
 

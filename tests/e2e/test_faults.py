@@ -1,4 +1,4 @@
-"""Fault tests (issue 6 a-f): the controller survives API-server restarts, compacted watches, throttling and
+"""Fault tests : the controller survives API-server restarts, compacted watches, throttling and
 server errors, stalled watches, bad input and leader churn, and ends in exactly the right state.
 
 They run on a control plane of their own (``fault_controlplane``), never the shared session one: they kill
@@ -35,7 +35,7 @@ import anyio
 import pytest
 import yaml
 
-from controller.manager import Manager
+from controller.app import App
 from controller.moduleservice.desired import MANAGED_BY_LABEL, MANAGED_BY_VALUE
 from controller.runtime.kube.client import JsonObj
 from controller.runtime.kube.errors import AlreadyExists, NotFound, ServerError, TooManyRequests, TransportError
@@ -73,12 +73,6 @@ MDS_PATH = "/apis/koupleless.alipay.com/v1alpha1/namespaces/{ns}/moduledeploymen
 
 
 # ---------------------------------------------------------------------------------------------- control plane
-class _FaultControlPlane(ControlPlane):
-    def _apiserver_args(self) -> list[str]:
-        # ModuleDeployment watches from etcd, so a compaction is what makes them 410 (module docstring).
-        return [*super()._apiserver_args(), f"--watch-cache-sizes={CRD_NAME}#0"]
-
-
 def _apply_crd(cp: ControlPlane, manifest: str | None = None) -> None:
     if manifest is None:
         cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
@@ -89,7 +83,8 @@ def _apply_crd(cp: ControlPlane, manifest: str | None = None) -> None:
 
 @pytest.fixture(scope="module")
 def fault_controlplane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    cp = _FaultControlPlane(tmp_path_factory.mktemp("fault-cp"))
+    # ModuleDeployment watches from etcd, so a compaction is what makes them 410 (module docstring).
+    cp = ControlPlane(tmp_path_factory.mktemp("fault-cp"), extra_apiserver_args=[f"--watch-cache-sizes={CRD_NAME}#0"])
     cp.up()
     try:
         _apply_crd(cp)
@@ -160,7 +155,7 @@ def raw_request(cp: ControlPlane, method: str, path: str, body: JsonObj,
         return exc.code, json.loads(exc.read())
 
 
-def metric(manager: Manager, name: str, **labels: str) -> float:
+def metric(manager: App, name: str, **labels: str) -> float:
     """Sum of every sample ``name`` in the manager's registry whose labels include ``labels``."""
     return sum(s.value for fam in manager.registry.collect() for s in fam.samples
                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
@@ -337,7 +332,7 @@ class TestThrottlingAndServerErrors:
 # ---------------------------------------------------------------------------------------------- (d) stalled watch
 class TestStalledWatch:
     """(d) The proxy keeps watches open without a byte of data: each informer detects the stall within its
-    inactivity timeout and re-watches; after two silent watches in a row it relists (issue 10: liveness
+    inactivity timeout and re-watches; after two silent watches in a row it relists (liveness
     follows controller-runtime), so changes made while the watches are stuck still converge and /healthz
     stays 200 (the process is not wedged; a restart could not help). After the proxy resumes, the watches
     carry the changes again."""
@@ -527,7 +522,7 @@ class TestBadInput:
             _apply_crd(fcp)
 
     async def test_typo_keeps_the_live_service(self, fcp: ControlPlane, fault_ns: str) -> None:
-        """Issue 10 defect 6: a served ModuleDeployment gets a typo (``targetPort: http_port``): its Service
+        """a served ModuleDeployment gets a typo (``targetPort: http_port``): its Service
         stays exactly as it was (not deleted, not changed), status says InvalidSpec; the fix converges."""
         ns = fault_ns
         _apply_crd(fcp, crd_without_cel())

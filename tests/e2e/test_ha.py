@@ -1,4 +1,4 @@
-"""High availability with real controller processes (issue 4, end-to-end a-e).
+"""High availability with real controller processes.
 
 Each test runs three ``module-service-controller`` processes with ``--leader-elect`` in its own namespace
 (Lease, ModuleDeployments and Services all live there). Timing figures are printed; run with ``-s`` to

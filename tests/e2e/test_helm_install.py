@@ -1,4 +1,4 @@
-"""Issue 11 on a real control plane, the Helm way: ``helm install`` of charts/module-service-controller
+"""the Helm way: ``helm install`` of charts/module-service-controller
 on a vanilla cluster (exit 0), the same scenarios as the kustomize install (install_scenarios.py) with
 the controller started from the installed Deployment under the installed ServiceAccount's token,
 ``helm upgrade`` (new flags, monitoring switched on) and ``helm uninstall``, which keeps the CRD, the

@@ -1,4 +1,4 @@
-"""Issue 11 on a real control plane, the kustomize way, exactly as the README says:
+"""the kustomize way, exactly as the README says:
 
 - on a VANILLA cluster (no Prometheus Operator CRDs) ``kubectl apply -k manifests/crd --server-side`` and
   ``kubectl apply -k manifests/ --server-side`` both exit 0;
@@ -71,11 +71,11 @@ from tests.unit.test_observability import (
     ALERTS,
     DASHBOARD,
     PROMETHEUS_OWN,
-    _exprs,
-    _rules,
-    _var_query,
-    _variables,
+    exprs,
     metric_names,
+    rules_of,
+    var_query,
+    variables_of,
 )
 
 pytestmark = pytest.mark.core
@@ -202,14 +202,14 @@ _GROUPING = re.compile(r"\b(?:by|on)\s*\(([^)]*)\)")
 def _used_expressions() -> list[tuple[str, str]]:
     """(where, PromQL) of every dashboard panel target, dashboard variable and alert rule."""
     dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
-    out = [(f"panel {panel['title']!r}", expr) for panel, expr in _exprs(dashboard)]
-    for name, var in _variables(dashboard).items():
+    out = [(f"panel {panel['title']!r}", expr) for panel, expr in exprs(dashboard)]
+    for name, var in variables_of(dashboard).items():
         if var["type"] == "query":
-            match = re.fullmatch(r"label_values\((.*),\s*\w+\)", _var_query(var))
+            match = re.fullmatch(r"label_values\((.*),\s*\w+\)", var_query(var))
             assert match, name
             out.append((f"variable {name}", match.group(1)))
     alerts = yaml.safe_load(ALERTS.read_text(encoding="utf-8"))
-    out += [(f"alert {rule['alert']}", str(rule["expr"])) for rule in _rules(alerts)]
+    out += [(f"alert {rule['alert']}", str(rule["expr"])) for rule in rules_of(alerts)]
     return out
 
 

@@ -1,4 +1,4 @@
-"""The kustomize variants on a real control plane (issue 11 part 1, issue 9 item 5):
+"""The kustomize variants on a real control plane:
 
 - ``variants/namespaced``, applied by a namespace owner WITHOUT any cluster-scoped right (proof that it
   holds nothing cluster-scoped), serves its own namespace only under a Role;
@@ -47,7 +47,7 @@ from tests.harness import module_deployment
 GUARD_POLICY = "validatingadmissionpolicy.admissionregistration.k8s.io"
 
 TEAM_NS = "team-a"
-# Each profile's API group and module label prefix (architecture §7).
+# Each profile's API group and module label prefix.
 PROFILES = {
     "koupleless": ("koupleless.io", "module.koupleless.io/"),
     "sofa-serverless": ("serverless.alipay.com", "module.serverless.alipay.com/"),

@@ -1,4 +1,4 @@
-"""Metrics of real controller processes (issue 4, end-to-end f): every name of architecture §8 with
+"""Metrics of real controller processes: every name of docs/contracts.md with
 plausible values after a scenario, and the secure endpoint's authentication and authorization."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.asyncio
 CONTROLLER = "moduleservice"
 RESOURCES = ("moduledeployments", "services", "pods")
 
-# Architecture §8, as sample names (histograms by their _count; process_* from prometheus_client).
+# docs/contracts.md's metrics, as sample names (histograms by their _count; process_* from prometheus_client).
 SECTION_8 = (
     "controller_runtime_reconcile_total",
     "controller_runtime_reconcile_errors_total",

@@ -1,4 +1,4 @@
-"""Namespace mode at scale (issue 10, defect 2): 60 namespaces with ``--leader-elect``.
+"""Namespace mode at scale: 60 namespaces with ``--leader-elect``.
 
 Each (resource, namespace) pair is one long-lived watch, so the process holds 180 watch connections. They
 used to share one pool of 100 with the LISTs, the writes and the Lease: the LISTs starved until the

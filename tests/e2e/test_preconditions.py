@@ -1,4 +1,4 @@
-"""Writes carry preconditions (README claims with no live test before, issue 10): a PATCH carries the
+"""Writes carry preconditions (README claims with no live test before): a PATCH carries the
 resourceVersion the controller saw, a DELETE the UID. The fault proxy holds the controller's Service
 watch so its cache is stale on purpose; the API server must answer 409 and the controller must requeue,
 never clobber the newer object."""
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.manager import Manager
+from controller.app import App
 from controller.runtime.kube.client import JsonObj
 from tests.controlplane import ControlPlane
 from tests.faultproxy import FaultProxy
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.asyncio
 IDLE = 30.0
 
 
-def _count(manager: Manager, method: str, code: str) -> float:
+def _count(manager: App, method: str, code: str) -> float:
     return float(sum(s.value for fam in manager.registry.collect() for s in fam.samples
                      if s.name == "rest_client_requests_total" and s.labels.get("method") == method
                      and s.labels.get("code") == code))

@@ -1,11 +1,11 @@
-"""Health probes of a real controller process (issue 4, end-to-end g).
+"""Health probes of a real controller process.
 
 - ``/readyz``: the process runs with a ServiceAccount token that may not list anything yet, so its
   informers cannot sync: /readyz stays 500 (and /healthz 200: the process is alive, just not ready)
   until the test binds the controller's shipped RBAC rules (manifests/rbac/role.yaml) in the namespace.
 - ``/healthz``: the process reaches the API server through a TCP proxy the test can freeze: every
   connection stays open but no byte moves (a half-open stream, as after a silent network partition).
-  Liveness follows controller-runtime (issue 10): the process is not wedged, so /healthz stays 200
+  Liveness follows controller-runtime: the process is not wedged, so /healthz stays 200
   through the partition (a restart cannot help), while the informers re-watch, relist after two silent
   watches, and recover once the proxy thaws.
 """

@@ -1,4 +1,4 @@
-"""The dashboard and the alerts, proven in a real Prometheus (issue 11, part 3).
+"""The dashboard and the alerts, proven in a real Prometheus.
 
 Controller processes run with ``--metrics-secure``; a Prometheus on loopback (tests/e2e/prometheus.py)
 scrapes them every second with the bound token of a ServiceAccount that holds the install's

@@ -23,7 +23,7 @@ from tests.controlplane import ControlPlane
 from tests.faultproxy import FaultProxy
 from tests.harness import api_client, controller_config, module_deployment, node_port, running_controller, wait_for
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.core]
 
 CONTROLLER_USER = "module-service-controller-test"
 DELETES = 20

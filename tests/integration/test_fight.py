@@ -1,4 +1,4 @@
-"""Issue 10 defect 4: another writer keeps undoing our Service (a mutating webhook, a GitOps self-heal).
+"""another writer keeps undoing our Service (a mutating webhook, a GitOps self-heal).
 
 Each undo is followed by a *successful* reconcile, so before the fight detector nothing slowed us down:
 one PATCH and one brand-new Event object per round, as fast as the other writer went. Now our writes

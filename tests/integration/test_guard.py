@@ -21,7 +21,6 @@ from controller.runtime.kube.errors import Forbidden, NotFound
 from controller.runtime.kube.resources import SERVICES, Resource
 from tests.controlplane import ControlPlane
 from tests.harness import Api, api_client, module_deployment, wait_for
-from tests.integration.test_profiles import profile_crds  # noqa: F401  (the Koupleless CRDs, session-wide)
 from tests.render.common import GUARD_KINDS, VAP_API, helm_template
 
 pytestmark = pytest.mark.asyncio
@@ -37,20 +36,10 @@ OTHER_GROUP = PROFILES["sofa-serverless"].group
 API_GROUP_LABEL = "module-service-controller/api-group"
 
 
-class ImpersonatingClient(KubeClient):
-    """The admin's credentials, acting as ``user`` (Impersonate-User)."""
-
-    def __init__(self, *args: object, user: str, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.user = user
-
-    async def _headers(self, content_type: str | None) -> dict[str, str]:
-        return {**await super()._headers(content_type), "Impersonate-User": self.user}
-
-
 @asynccontextmanager
 async def acting_as(kubeconfig: str, user: str) -> AsyncIterator[KubeClient]:
-    async with ImpersonatingClient(await load_configuration(kubeconfig), user=user) as client:
+    """The admin's credentials, acting as ``user`` (Impersonate-User)."""
+    async with KubeClient(await load_configuration(kubeconfig), headers={"Impersonate-User": user}) as client:
         yield client
 
 
@@ -121,7 +110,7 @@ async def refused(client: KubeClient, namespace: str, name: str) -> Forbidden:
 
 
 async def test_guard_refuses_the_listed_user_only(controlplane: ControlPlane, kubeconfig: str, namespace: str,
-                                                  profile_crds: None) -> None:  # noqa: F811
+                                                  profile_crds: None) -> None:
     tag = uuid.uuid4().hex[:6]
     user = f"msc-guard-test-{tag}"  # stands for Koupleless' module-controller
     koupleless = PROFILES["koupleless"].resource

@@ -69,7 +69,7 @@ class TestPodCounts:
             await api.delete_pod(namespace, "p4")
             await _counts(api, namespace, "md-pods", 0, 0)
 
-            # A Pod with no module label is not cached (issue 10); it counts once it gains one.
+            # A Pod with no module label is not cached; it counts once it gains one.
             await api.create_pod(namespace, "p5", {"app": "plain"})
             await api.patch_pod(namespace, "p5", {"metadata": {"labels": {key: "true"}}})
             await _counts(api, namespace, "md-pods", 1, 0)

@@ -21,7 +21,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from controller.manager import Manager
+from controller.app import App
 from controller.moduleservice.profiles import PROFILES, Profile, resolve_profile
 from controller.runtime.kube.client import JsonObj, load_configuration
 from controller.runtime.kube.errors import AlreadyExists, Conflict, NotFound
@@ -157,12 +157,12 @@ def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | Non
     return None
 
 
-def status_writes(manager: Manager) -> list[tuple[str, str]]:
+def status_writes(manager: App) -> list[tuple[str, str]]:
     writes = getattr(manager.client, "writes", None) or []
     return [w for w in writes if w[1].endswith("/status")]
 
 
-def record_writes(manager: Manager) -> None:
+def record_writes(manager: App) -> None:
     assert isinstance(manager.client, TrackingKubeClient)
     manager.client.writes = []
 
@@ -373,6 +373,30 @@ class TestPrunedStatus:
                     assert len(writes) == 1, writes
                     assert sample(manager.registry, "moduleservice_status_pruned") == 1
                     print(f"status writes on a pruning CRD found by the PATCH response: {len(writes)}")
+
+                    # A CRD update that leaves the schema alone (a label) must not switch status writing
+                    # back on, nor send the Events again.
+                    def ready_8083(events: list[JsonObj]) -> int:
+                        return sum(int(e.get("count") or 1) for e in events
+                                   if e["reason"] == "ServiceReady" and "8083->8083" in e["message"])
+
+                    before = ready_8083(await api.events(namespace))
+                    await api.client.request("PATCH", CRDS.path(name=own.crd_name),
+                                             body={"metadata": {"labels": {"touched": "yes"}}},
+                                             content_type="application/merge-patch+json")
+
+                    async def crd_seen() -> bool:
+                        crd = manager.crd_gate.crds.get(own.crd_name) or {}
+                        return bool((crd.get("metadata") or {}).get("labels", {}).get("touched") == "yes")
+
+                    await wait_for(crd_seen, what="the controller to see the CRD update")
+                    await api.patch_md(namespace, "md-a", service_strategy(port=8084))
+                    await wait_right(api, namespace, "hollow-mod", [a], own, port=8084)
+                    await wait_state(api, namespace, "md-a", "ServiceReady", own, contains="8084->8084")
+                    await wait_quiet(manager)
+                    assert status_writes(manager) == writes, "status writing came back on after a CRD update"
+                    assert sample(manager.registry, "moduleservice_status_pruned") == 1
+                    assert ready_8083(await api.events(namespace)) == before, "the Events were sent again"
             warnings = [e for e in logs if e["event"] == "status_not_writable"]
             assert len(warnings) == 1, warnings
             assert "PATCH response" in warnings[0]["reason"]
@@ -445,12 +469,12 @@ class TestCoexistence:
 
 # ---------------------------------------------------------------------------------------------- missing at start
 @asynccontextmanager
-async def started_controller(config: Any) -> AsyncIterator[Manager]:
-    """A Manager that is not expected to serve yet (unlike running_controller, which waits for it)."""
+async def started_controller(config: Any) -> AsyncIterator[App]:
+    """An App that is not expected to serve yet (unlike running_controller, which waits for it)."""
     client = TrackingKubeClient(await load_configuration(config.kubeconfig))
     async with client:
         registry = CollectorRegistry()
-        manager = Manager(config, client, registry=registry, metrics=Metrics(registry), handle_signals=False)
+        manager = App(config, client, registry=registry, metrics=Metrics(registry), handle_signals=False)
         async with anyio.create_task_group() as tg:
             tg.start_soon(manager.run)
             try:

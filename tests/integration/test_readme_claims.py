@@ -1,4 +1,4 @@
-"""README claims that had no live test (issue 10, "tests that assert too little"): hand edits to the
+"""README claims that had no live test: hand edits to the
 Service's type, our labels and its owner references are undone, and an update is announced with a
 ``ServiceUpdated`` Event."""
 

@@ -55,6 +55,7 @@ def foreign_writes(writes: list[ServiceWrite], users: set[str]) -> list[str]:
 
 
 @pytest.mark.asyncio
+@pytest.mark.core
 async def test_three_profiles_never_write_each_others_services(controlplane: ControlPlane, namespace: str,
                                                                profile_crds: None) -> None:
     profiles = [PROFILES[name] for name in ("seed", "koupleless", "sofa-serverless")]

@@ -1,4 +1,4 @@
-"""``--streaming-lists`` against the real API server (issue 10, risk "relists"): kube-apiserver v1.36
+"""``--streaming-lists`` against the real API server: kube-apiserver v1.36
 serves ``sendInitialEvents``, so every informer syncs from a stream, never falls back, and the controller
 converges as with LISTs."""
 
@@ -16,7 +16,7 @@ async def test_streaming_lists_sync_and_converge(kubeconfig: str, namespace: str
         before = await api.create_md(namespace, module_deployment("md-before", "before"))
         async with running_controller(controller_config(kubeconfig, namespace, streaming_lists=True)) as manager:
             # no fallback (the one-object CRD informer lists plainly)
-            assert [inf.stream_lists for inf in manager.informers if inf is not manager.crd_informer] == [
+            assert [inf.stream_lists for inf in manager.informers if inf is not manager.crd_gate.crd_informer] == [
                 True, True, True]
             assert len(manager.mds) == 1  # the object that existed came with the initial events
             after = await api.create_md(namespace, module_deployment("md-after", "after"))

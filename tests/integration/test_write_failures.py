@@ -1,4 +1,4 @@
-"""Issue 10 defect 5: a Service write the API server keeps refusing (403 from a quota or a webhook, 422,
+"""a Service write the API server keeps refusing (403 from a quota or a webhook, 422,
 500 when the nodePort range is full) shows on the ModuleDeployment: Ready False with reason
 ServiceWriteFailed and the API's message, and one Warning Event whose count rises with each retry. When
 the API accepts the write again, the Service is made and Ready returns.

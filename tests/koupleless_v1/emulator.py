@@ -66,10 +66,11 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
-from controller.runtime.informer import EventHandler, Informer, Store, object_key
+from controller.runtime.informer import Informer
 from controller.runtime.kube.client import JsonObj, KubeClient
 from controller.runtime.kube.errors import AlreadyExists, ApiError, KubeError, NotFound
 from controller.runtime.kube.resources import SERVICES, Resource
+from controller.runtime.store import EventHandler, Store, object_key
 from controller.runtime.workqueue import (
     BucketRateLimiter,
     ItemExponentialFailureRateLimiter,

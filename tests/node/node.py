@@ -8,7 +8,7 @@ own network. Inside the namespace the node has an interface (one end of a veth p
 the Pods, and its own loopback. This machine reaches the API server and Services only through loopback forwarders
 (tests/controlplane/forward.py).
 
-Facts of this sandbox the configuration relies on (see issue 12): cgroup v1 with the cgroupfs driver
+Facts of this sandbox the configuration relies on: cgroup v1 with the cgroupfs driver
 (``failCgroupV1: false``), runc needs ``restrict_oom_score_adj`` as it runs nested, and the pause
 process is Debian's static ``catatonit -P`` in an image built here.
 """
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.controlplane.cluster import _CHILDREN, DEFAULT_CACHE, ControlPlane, _kill
+from tests.controlplane.cluster import CHILDREN, DEFAULT_CACHE, ControlPlane, kill_process
 
 __all__ = ["NODE_IP", "NODE_NAME", "Node", "create_netns", "delete_netns", "ensure_node_binaries",
            "ensure_packages"]
@@ -160,7 +160,7 @@ class Node:
         for name in ("kube-proxy", "kube-scheduler", "kubelet"):
             pid = self.pids.pop(name, None)
             if pid:
-                _kill(pid, self.directory)
+                kill_process(pid, self.directory)
         pod_netns: set[str] = set()
         if self.pids.get("containerd"):
             # Containers outlive containerd (their shims run in sessions of their own): kill them first,
@@ -172,12 +172,12 @@ class Node:
             for task in self._ctr("tasks", "ls", "-q", check=False).stdout.split():
                 self._ctr("tasks", "kill", "-s", "SIGKILL", task, check=False)
         for pid in self._shim_pids():
-            _kill(pid, self.directory, timeout=5)
+            kill_process(pid, self.directory, timeout=5)
         pid = self.pids.pop("containerd", None)
         if pid:
-            _kill(pid, self.directory)
+            kill_process(pid, self.directory)
         for pid in self._shim_pids():
-            _kill(pid, self.directory, timeout=5)
+            kill_process(pid, self.directory, timeout=5)
         self._kill_cgroup_processes()
         self._unmount_all()
         for path in pod_netns:
@@ -193,7 +193,7 @@ class Node:
         proc = subprocess.Popen([*self.cp.netns_prefix(), *args], stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.directory)
         log.close()
-        _CHILDREN[proc.pid] = proc  # reaped with a recorded exit status when stopped
+        CHILDREN[proc.pid] = proc  # reaped with a recorded exit status when stopped
         self.pids[name] = proc.pid
 
     def import_image(self, archive: Path) -> None:

@@ -1,4 +1,4 @@
-"""Issue 12: the controller image on a real node, installed the way users install it.
+"""the controller image on a real node, installed the way users install it.
 
 ``kubectl apply -k`` of an overlay (made in a temp dir) over the repo's ``manifests/`` with the image set to
 the locally built tag and ``imagePullPolicy: Never``; three replicas run as Pods on the kubelet, with

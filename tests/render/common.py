@@ -24,7 +24,7 @@ RELEASE = NAME  # with this release name the chart's names are the kustomize ins
 
 Obj = dict[str, Any]
 
-# Each profile's API group (architecture §7).
+# Each profile's API group.
 GROUPS = {"seed": "koupleless.alipay.com", "koupleless": "koupleless.io", "sofa-serverless": "serverless.alipay.com"}
 CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding",
                   "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}

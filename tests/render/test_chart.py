@@ -1,4 +1,4 @@
-"""The Helm chart (issue 11 part 2), rendered with the pinned helm: `helm lint`, one test per switch,
+"""The Helm chart, rendered with the pinned helm: `helm lint`, one test per switch,
 values.schema.json rejecting bad values with a message that names the value, and the same RBAC (and
 the same controller flags) as the kustomize install for each profile and for namespaced mode."""
 

@@ -1,4 +1,4 @@
-"""The kustomize layout (issue 11 part 1, issue 9 item 5), rendered with the pinned kubectl: a default
+"""The kustomize layout, rendered with the pinned kubectl: a default
 install that needs no CRD and no Prometheus Operator, the CRD on its own, monitoring opt-in, the profile
 variants and the namespaced variant; and no variant that `kubectl delete -k` could take a CRD or a
 ModuleDeployment away with. In every documented composition the deletion guard protects the profile's

@@ -1,4 +1,4 @@
-"""The command line as a new user meets it (issue 10, defects 1 and 8): every bad flag, variable or
+"""The command line as a new user meets it: every bad flag, variable or
 credential file ends the process with ONE line on stderr that names what is wrong, exit code 2, and no
 connection to the API server.
 
@@ -33,7 +33,7 @@ class Listener:
 
     sock: socket.socket
     accepted: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
+    stop: threading.Event = field(default_factory=threading.Event)
 
     @property
     def url(self) -> str:
@@ -41,7 +41,7 @@ class Listener:
 
     def serve(self) -> None:
         self.sock.settimeout(0.1)
-        while not self._stop.is_set():
+        while not self.stop.is_set():
             try:
                 conn, _ = self.sock.accept()
             except TimeoutError:
@@ -61,7 +61,7 @@ def listener() -> Iterator[Listener]:
     thread = threading.Thread(target=lst.serve, daemon=True)
     thread.start()
     yield lst
-    lst._stop.set()
+    lst.stop.set()
     thread.join(timeout=5)
     sock.close()
 

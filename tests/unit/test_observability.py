@@ -30,7 +30,7 @@ PROMETHEUS_RULE = ROOT / "manifests" / "prometheus" / "prometheusrule.yaml"
 
 RUNBOOK_URL = "https://github.com/koupleless/module-service-controller/blob/main/observability/runbook.md"
 
-# The metric contract (architecture §8 and the controller's metrics module). Dashboards and alerts may
+# The metric contract (docs/contracts.md and the controller's metrics modules). Dashboards and alerts may
 # use only these names; `up` is Prometheus' own scrape-health series.
 COUNTERS = {
     "controller_runtime_reconcile_total",
@@ -169,17 +169,17 @@ def _all_panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         yield from _all_panels(panel.get("panels", []))
 
 
-def _exprs(dashboard: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]:
+def exprs(dashboard: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]:
     for panel in _all_panels(dashboard["panels"]):
         for target in panel.get("targets", []):
             yield panel, str(target["expr"])
 
 
-def _variables(dashboard: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def variables_of(dashboard: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {v["name"]: v for v in dashboard["templating"]["list"]}
 
 
-def _var_query(var: dict[str, Any]) -> str:
+def var_query(var: dict[str, Any]) -> str:
     query = var["query"]
     return str(query["query"] if isinstance(query, dict) else query)
 
@@ -193,13 +193,13 @@ def test_dashboard_import_inputs(dashboard: dict[str, Any]) -> None:
     assert isinstance(dashboard["schemaVersion"], int)
     # Every ${...} placeholder is either the import input or a dashboard variable.
     text = DASHBOARD.read_text(encoding="utf-8")
-    variables = set(_variables(dashboard))
+    variables = set(variables_of(dashboard))
     for placeholder in set(re.findall(r"\$\{(\w+)\}", text)):
         assert placeholder in variables | {"DS_PROMETHEUS"}, placeholder
 
 
 def test_dashboard_variables(dashboard: dict[str, Any]) -> None:
-    variables = _variables(dashboard)
+    variables = variables_of(dashboard)
     ds = variables["datasource"]
     assert ds["type"] == "datasource"
     assert ds["query"] == "prometheus"
@@ -207,7 +207,7 @@ def test_dashboard_variables(dashboard: dict[str, Any]) -> None:
         var = variables[name]
         assert var["type"] == "query"
         assert var["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
-        query = _var_query(var)
+        query = var_query(var)
         assert re.fullmatch(rf"label_values\(controller_runtime_reconcile_total.*, {name}\)", query), query
     assert variables["pod"]["multi"] is True
     assert variables["pod"]["includeAll"] is True
@@ -240,16 +240,16 @@ def test_dashboard_layout(dashboard: dict[str, Any]) -> None:
 
 def test_dashboard_metric_names_are_known(dashboard: dict[str, Any]) -> None:
     used: set[str] = set()
-    for panel, expr in _exprs(dashboard):
+    for panel, expr in exprs(dashboard):
         names = metric_names(expr)
         assert names, f"{panel['title']}: no metric in {expr!r}"
         unknown = names - ALLOWED_METRICS
         assert not unknown, f"{panel['title']}: unknown metrics {unknown}"
         used |= names
-    for name, var in _variables(dashboard).items():
+    for name, var in variables_of(dashboard).items():
         if var["type"] != "query":
             continue
-        match = re.fullmatch(r"label_values\((.*),\s*\w+\)", _var_query(var))
+        match = re.fullmatch(r"label_values\((.*),\s*\w+\)", var_query(var))
         assert match, name
         assert metric_names(match.group(1)) <= ALLOWED_METRICS
     # The panels the issue asks for are there.
@@ -281,7 +281,7 @@ def test_dashboard_metric_names_are_known(dashboard: dict[str, Any]) -> None:
 
 
 def test_dashboard_queries_are_honest(dashboard: dict[str, Any]) -> None:
-    for panel, expr in _exprs(dashboard):
+    for panel, expr in exprs(dashboard):
         title = panel["title"]
         # rate() only over counters and histogram buckets, always with $__rate_interval.
         for fn, arg, window in re.findall(r"\b(rate|irate|increase)\((\w+)\{[^}]*\}\[([^\]]+)\]", expr):
@@ -294,7 +294,7 @@ def test_dashboard_queries_are_honest(dashboard: dict[str, Any]) -> None:
             if var == "$pod" and panel["type"] == "stat":
                 continue  # the leader count must see every replica
             assert var in expr, f"{title}: does not filter on {var}"
-    assert "workqueue_unfinished_work_seconds" in "".join(e for _, e in _exprs(dashboard))
+    assert "workqueue_unfinished_work_seconds" in "".join(e for _, e in exprs(dashboard))
     assert not re.search(r"rate\(workqueue_unfinished_work_seconds", DASHBOARD.read_text(encoding="utf-8"))
 
 
@@ -331,19 +331,19 @@ def alerts() -> dict[str, Any]:
     return data
 
 
-def _rules(alerts: dict[str, Any]) -> list[dict[str, Any]]:
+def rules_of(alerts: dict[str, Any]) -> list[dict[str, Any]]:
     return [rule for group in alerts["groups"] for rule in group["rules"]]
 
 
 def test_alert_group_and_names(alerts: dict[str, Any]) -> None:
     assert [g["name"] for g in alerts["groups"]] == ["module-service-controller"]
-    names = [r["alert"] for r in _rules(alerts)]
+    names = [r["alert"] for r in rules_of(alerts)]
     assert len(names) == len(set(names))
     assert set(names) == EXPECTED_ALERTS
 
 
 def test_alert_metric_names_are_known(alerts: dict[str, Any]) -> None:
-    for rule in _rules(alerts):
+    for rule in rules_of(alerts):
         names = metric_names(rule["expr"])
         assert names, rule["alert"]
         assert names <= ALLOWED_METRICS, f"{rule['alert']}: unknown metrics {names - ALLOWED_METRICS}"
@@ -357,7 +357,7 @@ def test_alert_metric_names_are_known(alerts: dict[str, Any]) -> None:
 
 
 def test_alert_thresholds(alerts: dict[str, Any]) -> None:
-    rules = {r["alert"]: r for r in _rules(alerts)}
+    rules = {r["alert"]: r for r in rules_of(alerts)}
     assert rules["ModuleServiceControllerNoLeader"]["for"] == "1m"
     assert "absent(" in rules["ModuleServiceControllerNoLeader"]["expr"]
     assert rules["ModuleServiceControllerMultipleLeaders"]["for"] == "30s"
@@ -385,7 +385,7 @@ def _github_anchors(markdown: str) -> set[str]:
 
 def test_every_alert_has_labels_annotations_and_a_runbook_section(alerts: dict[str, Any]) -> None:
     anchors = _github_anchors(RUNBOOK.read_text(encoding="utf-8"))
-    for rule in _rules(alerts):
+    for rule in rules_of(alerts):
         name = rule["alert"]
         assert rule["labels"]["severity"] in {"critical", "warning", "info"}, name
         annotations = rule["annotations"]
@@ -463,11 +463,11 @@ def test_default_selectors_match_the_kustomize_install(alerts: dict[str, Any], d
     job, namespace = service["metadata"]["name"], service["metadata"]["namespace"]
     render = _render_module()
     assert render.Config().selector == f'job="{job}", namespace="{namespace}"'
-    for rule in _rules(alerts):
+    for rule in rules_of(alerts):
         for metric, matchers in _MATCHERS.findall(rule["expr"]):
             assert f'job="{job}"' in matchers, (rule["alert"], metric)
             assert f'namespace="{namespace}"' in matchers, (rule["alert"], metric)
-    variables = _variables(dashboard)
+    variables = variables_of(dashboard)
     assert variables["job"]["current"]["value"] == job
     assert variables["namespace"]["current"]["value"] == namespace
     assert variables["cluster"]["includeAll"] is True
@@ -480,7 +480,7 @@ def test_render_with_other_selectors(tmp_path: Path) -> None:
          "--output-dir", str(tmp_path)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     rendered = yaml.safe_load((tmp_path / "alerts.yaml").read_text(encoding="utf-8"))
-    for rule in _rules(rendered):
+    for rule in rules_of(rendered):
         expr = rule["expr"]
         for metric, matchers in _MATCHERS.findall(expr):
             assert 'job="msc", namespace="ops"' in matchers, (rule["alert"], metric)
@@ -491,12 +491,12 @@ def test_render_with_other_selectors(tmp_path: Path) -> None:
     rule = yaml.safe_load((tmp_path / "prometheusrule.yaml").read_text(encoding="utf-8"))
     assert rule["spec"]["groups"] == rendered["groups"]
     board = json.loads((tmp_path / "grafana-dashboard.json").read_text(encoding="utf-8"))
-    for panel, expr in _exprs(board):
+    for panel, expr in exprs(board):
         for metric, matchers in _MATCHERS.findall(expr):
             assert matchers.startswith('k8s_cluster=~"$cluster", namespace=~"$namespace", job=~"$job"'), \
                 (panel["title"], metric)
-    variables = _variables(board)
-    cluster_query = _var_query(variables["cluster"])
+    variables = variables_of(board)
+    cluster_query = var_query(variables["cluster"])
     assert cluster_query == 'label_values(controller_runtime_reconcile_total{job="msc"}, k8s_cluster)'
     assert variables["job"]["current"]["value"] == "msc"
     assert variables["namespace"]["current"]["value"] == "ops"

@@ -23,7 +23,7 @@ import kubernetes  # type: ignore[import-untyped]
 
 GROUP, VERSION, PLURAL = "koupleless.alipay.com", "v1alpha1", "moduledeployments"
 LABEL_PREFIX = os.environ.get("KOPF_PEER_LABEL_PREFIX", "module.koupleless.alipay.com/")
-# The contract's labels (architecture §2), so that a state converged by one contender is converged for all.
+# The contract's labels, so that a state converged by one contender is converged for all.
 MANAGED_BY = {"app.kubernetes.io/managed-by": "module-service-controller"}
 MODULE_LABEL = "koupleless.alipay.com/module"
 TUNED = os.environ.get("KOPF_PEER_TUNED") == "1"

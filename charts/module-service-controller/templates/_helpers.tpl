@@ -32,7 +32,7 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end }}
 
-{{/* The profiles of architecture §7: API group and module label prefix. */}}
+{{/* The profiles: API group and module label prefix. */}}
 {{- define "msc.profileGroup" -}}
 {{- get (dict "seed" "koupleless.alipay.com" "koupleless" "koupleless.io" "sofa-serverless" "serverless.alipay.com") .Values.profile }}
 {{- end }}

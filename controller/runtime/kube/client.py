@@ -54,8 +54,11 @@ class KubeClient:
         on_request: RequestHook | None = None,
         max_connections: int = 100,
         user_agent: str = _USER_AGENT,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
+        """``headers``: sent with every request (``Impersonate-User``, say)."""
         self.configuration = configuration
+        self.extra_headers = dict(headers or {})
         self.base_url = str(configuration.host).rstrip("/")
         self.host = urlsplit(self.base_url).netloc
         self.timeout = timeout
@@ -69,7 +72,7 @@ class KubeClient:
         self._session = self._new_session(max_connections)
         # Watches get a pool of their own without a limit: each holds its connection for minutes, so in a
         # shared pool N namespaces x 3 resources would starve every LIST, write and Lease renewal
-        # (issue 10, defect 2). Their number is bounded by the informers, not by traffic.
+        #. Their number is bounded by the informers, not by traffic.
         self._watch_session = self._new_session(0)
 
     def _new_session(self, limit: int) -> aiohttp.ClientSession:
@@ -85,7 +88,7 @@ class KubeClient:
         that must never queue behind the rest, like the Lease renewal (client-go gives leader election a
         client of its own for the same reason). Requests are reported to this client's ``on_request``."""
         child = KubeClient(self.configuration, timeout=timeout or self.timeout, max_connections=max_connections,
-                           user_agent=self._user_agent)
+                           user_agent=self._user_agent, headers=self.extra_headers)
         child._parent = self
         self._children.append(child)
         return child
@@ -103,7 +106,7 @@ class KubeClient:
         await self._watch_session.close()
 
     async def _headers(self, content_type: str | None) -> dict[str, str]:
-        headers = {"Accept": "application/json", "User-Agent": self._user_agent}
+        headers = {"Accept": "application/json", "User-Agent": self._user_agent, **self.extra_headers}
         if content_type:
             headers["Content-Type"] = content_type
         auth = await self.configuration.auth_settings()

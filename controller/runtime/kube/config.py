@@ -139,22 +139,22 @@ class Configuration:
 
 
 async def load_configuration(kubeconfig: str | None = None, context: str | None = None) -> Configuration:
-    """Loads credentials: an explicit kubeconfig, else in-cluster, else ``$KUBECONFIG``/``~/.kube/config``
-    (controller-runtime's order)."""
+    """Loads credentials in controller-runtime's order: an explicit kubeconfig (``--kubeconfig``), else
+    ``$KUBECONFIG``, else in-cluster, else ``~/.kube/config``."""
     if kubeconfig:
         return await load_kubeconfig([Path(kubeconfig)], context)
-    if os.environ.get("KUBERNETES_SERVICE_HOST"):
-        return load_incluster()
     env = os.environ.get("KUBECONFIG", "")
     paths = [Path(p) for p in env.split(os.pathsep) if p]
-    if not paths:
-        default = Path.home() / ".kube" / "config"
-        if not default.exists():
-            raise KubeConfigError(
-                f"no credentials: not in a cluster (KUBERNETES_SERVICE_HOST is unset), $KUBECONFIG is unset and "
-                f"{default} does not exist; pass --kubeconfig")
-        paths = [default]
-    return await load_kubeconfig(paths, context)
+    if paths:
+        return await load_kubeconfig(paths, context)
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return load_incluster()
+    default = Path.home() / ".kube" / "config"
+    if not default.exists():
+        raise KubeConfigError(
+            f"no credentials: $KUBECONFIG is unset, not in a cluster (KUBERNETES_SERVICE_HOST is unset) and "
+            f"{default} does not exist; pass --kubeconfig")
+    return await load_kubeconfig([default], context)
 
 
 def load_incluster(sa_dir: Path = SERVICE_ACCOUNT_DIR, environ: dict[str, str] | None = None) -> Configuration:

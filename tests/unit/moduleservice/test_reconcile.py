@@ -22,20 +22,21 @@ from controller.moduleservice.desired import (
 )
 from controller.moduleservice.mapping import ServiceKey, md_module, pod_modules
 from controller.moduleservice.profiles import PROFILES
+from controller.moduleservice.reasons import ADDRESS_CHANGED as REASON_ADDRESS_CHANGED
+from controller.moduleservice.reasons import FIGHT as REASON_FIGHT
 from controller.moduleservice.reconcile import (
     MD_MODULE_INDEX,
     POD_MODULE_INDEX,
-    REASON_ADDRESS_CHANGED,
-    REASON_FIGHT,
     Reconciler,
-    Requeue,
-    RequeueAfter,
 )
+from controller.moduleservice.statuswriter import StatusWriter
+from controller.runtime.clock import FakeClock
 from controller.runtime.events import EventRecorder
 from controller.runtime.fight import FightDetector
-from controller.runtime.informer import EventHandler, Store
 from controller.runtime.kube.client import JsonObj, KubeClient
 from controller.runtime.kube.errors import AlreadyExists, ApiError, Forbidden, Invalid, ServerError, TooManyRequests
+from controller.runtime.result import Result
+from controller.runtime.store import EventHandler, Store
 
 pytestmark = pytest.mark.asyncio
 
@@ -130,21 +131,20 @@ class World:
         self.services = WatchedStore()
         self.pods = Store({POD_MODULE_INDEX: lambda p: [f"{NS}/{m}" for m, _ in pod_modules(p, PREFIX)]})
         self.events = EventRecorder(None)
-        self.now = 0.0
+        self.clock = FakeClock()
         self.reconciler = Reconciler(
             cast(KubeClient, self.client), mds=self.mds, services=self.services, pods=self.pods,
-            profile=PROFILES["seed"], events=self.events, clock=lambda: self.now)
+            profile=PROFILES["seed"], events=self.events, clock=self.clock)
+        self.status = StatusWriter(self.reconciler)
         self.services.handlers.append(self.reconciler.service_events)
 
-    async def reconcile(self, key: ServiceKey) -> None:
-        """As the work queue would: a RequeueAfter hands the key back once its delay has passed."""
+    async def reconcile(self, key: ServiceKey) -> Result:
+        """As the work queue would: a key that asks to wait is handed back once its delay has passed."""
         for _ in range(20):
-            try:
-                await self.reconciler.reconcile(key)
-            except RequeueAfter as exc:
-                self.now += exc.delay
-            else:
-                return
+            result = await self.reconciler.reconcile(key)
+            if not result.requeue_after:
+                return result
+            self.clock.advance(result.requeue_after)
         pytest.fail("still asking to wait after 20 rounds")
 
 
@@ -197,10 +197,8 @@ class TestReadYourWrites:
         await w.reconciler.reconcile(KEY)
         assert len(w.client.writes("DELETE")) == 1
         w.mds.upsert(md("a", rv="2"))  # wanted again: the cache shows the re-created Service, which fits
-        try:
-            await w.reconciler.reconcile(KEY)
-        except Requeue as exc:
-            pytest.fail(f"reconcile POSTed over an existing Service the cache shows: {exc}")
+        result = await w.reconciler.reconcile(KEY)
+        assert not result.requeue, f"reconcile POSTed over an existing Service the cache shows: {result.reason}"
         assert w.client.writes("POST") == []
         assert w.client.writes("DELETE") == [w.client.writes("DELETE")[0]]
 
@@ -227,7 +225,7 @@ class TestInvalidSpecKeepsService:
         assert w.client.writes("PATCH") == []
         assert w.client.writes("POST") == []
 
-        await w.reconciler.reconcile_status(KEY)
+        await w.status.reconcile(KEY)
         status_patches = w.client.writes("PATCH", "/status")
         assert len(status_patches) == 1
         cond = status_patches[0]["status"]["moduleService"]["conditions"][0]
@@ -257,29 +255,29 @@ class TestStatusBookkeeping:
             name, module = f"md-{i}", f"m{i}"
             key = ServiceKey(NS, f"{module}-service")
             w.mds.upsert(md(name, module))
-            await w.reconciler.reconcile_status(key)  # status written; the cache has not seen it yet
+            await w.status.reconcile(key)  # status written; the cache has not seen it yet
             if ending == "deleted":
                 w.mds.delete(f"{NS}/{name}")
             else:
                 w.mds.upsert(md(name, module, rv="2", deleting=True))
-            await w.reconciler.reconcile_status(key)  # the follow-up pass after the MD went away
+            await w.status.reconcile(key)  # the follow-up pass after the MD went away
             if ending == "terminating":
                 w.mds.delete(f"{NS}/{name}")
         assert len(w.client.writes("PATCH", "/status")) == 2000
-        assert not w.reconciler._status_written, f"{len(w.reconciler._status_written)} entries leaked"
+        assert w.status.pending_writes == 0, f"{w.status.pending_writes} entries leaked"
 
     async def test_pending_write_still_suppresses_a_repeat(self) -> None:
         # The map's purpose survives the fix: while the cache lags, the same status is not written twice.
         w = World()
         w.mds.upsert(md("a"))
-        await w.reconciler.reconcile_status(KEY)
-        await w.reconciler.reconcile_status(KEY)
+        await w.status.reconcile(KEY)
+        await w.status.reconcile(KEY)
         assert len(w.client.writes("PATCH", "/status")) == 1
 
 
 def recorded(w: World) -> list[tuple[str, str, int]]:
     """(type, reason, count) of every Event waiting in the recorder."""
-    return [(b["type"], b["reason"], b["count"]) for _, b in w.events._bodies.values()]
+    return [(type_, reason, count) for type_, reason, _, count in w.events.waiting()]
 
 
 class TestFight:
@@ -294,11 +292,10 @@ class TestFight:
         delays: list[float] = []
         for i in range(20):
             w.services.upsert(service(str(100 + i), owner=owner, selector={"app": "hijacked"}))  # undone again
-            try:
-                await w.reconciler.reconcile(KEY)
-            except RequeueAfter as exc:
-                delays.append(exc.delay)
-                clock[0] += exc.delay  # the queue hands the key back after the delay...
+            result = await w.reconciler.reconcile(KEY)
+            if result.requeue_after:
+                delays.append(result.requeue_after)
+                clock[0] += result.requeue_after  # the queue hands the key back after the delay...
                 await w.reconciler.reconcile(KEY)  # ...and then it writes
             clock[0] += 0.1
         assert len(w.client.writes("PATCH")) == 20
@@ -337,7 +334,7 @@ class TestWriteFailures:
                 await w.reconciler.reconcile(KEY)
         doing = "creating" if verb == "POST" else "updating"
         assert w.reconciler.write_error(KEY) == f"{doing} Service m-service failed: {error}"
-        await w.reconciler.reconcile_status(KEY)
+        await w.status.reconcile(KEY)
         (status,) = w.client.writes("PATCH", "/status")
         cond = status["status"]["moduleService"]["conditions"][0]
         assert (cond["status"], cond["reason"]) == ("False", "ServiceWriteFailed")
@@ -350,7 +347,7 @@ class TestWriteFailures:
         assert w.reconciler.write_error(KEY) is None
         w.mds.upsert(md("a", rv="2"))
         w.services.upsert(service("11", owner=owner))  # the watch delivers the Service as written
-        await w.reconciler.reconcile_status(KEY)
+        await w.status.reconcile(KEY)
         cond = w.client.writes("PATCH", "/status")[-1]["status"]["moduleService"]["conditions"][0]
         assert cond["reason"] == "ServiceReady"
 
@@ -469,7 +466,7 @@ class TestDeletedUnderUs:
 
     async def test_every_delete_gets_one_create_without_backoff(self) -> None:
         w = World()
-        w.reconciler.fights = FightDetector(lambda: w.now, threshold=3, base=1.0, cap=60.0, window=300.0)
+        w.reconciler.fights = FightDetector(w.clock.now, threshold=3, base=1.0, cap=60.0, window=300.0)
         owner = md("a")
         w.mds.upsert(owner)
         w.client.hook = None
@@ -479,7 +476,7 @@ class TestDeletedUnderUs:
             w.services.delete(f"{NS}/m-service")  # ...and the next delete by name
             await w.reconcile(KEY)  # a pause for the address release, never the fight backoff
             await w.reconcile(KEY)  # and never a second create for one delete
-            w.now += 0.5
+            w.clock.advance(0.5)
         posts = w.client.writes("POST")
         assert len(posts) == 20
         assert all(p["spec"]["ports"][0]["nodePort"] == 30080 for p in posts)
@@ -508,10 +505,10 @@ class TestDeletedUnderUs:
         assert all(t["spec"]["clusterIP"] == "10.0.0.1" for t in tries)
         assert "clusterIP" not in fresh["spec"]
         assert "nodePort" not in fresh["spec"]["ports"][0]
-        ((_, body),) = [v for v in w.events._bodies.values() if v[1]["reason"] == REASON_ADDRESS_CHANGED]
-        assert body["type"] == "Warning"
-        assert "clusterIP 10.0.0.1, nodePort 30080" in body["message"]
-        assert "clusterIP 10.0.0.99, nodePort 31999" in body["message"]
+        ((type_, _, message, _),) = [e for e in w.events.waiting() if e[1] == REASON_ADDRESS_CHANGED]
+        assert type_ == "Warning"
+        assert "clusterIP 10.0.0.1, nodePort 30080" in message
+        assert "clusterIP 10.0.0.99, nodePort 31999" in message
 
     async def test_addresses_not_released_yet_are_asked_for_again(self) -> None:
         # The watch shows a delete before the API server has freed the addresses.
@@ -536,7 +533,7 @@ class TestDeletedUnderUs:
         posts = w.client.writes("POST")
         assert len(posts) == 2
         assert all(p["spec"]["ports"][0]["nodePort"] == 30080 for p in posts)
-        assert not [v for v in w.events._bodies.values() if v[1]["reason"] == REASON_ADDRESS_CHANGED]
+        assert not [e for e in w.events.waiting() if e[1] == REASON_ADDRESS_CHANGED]
 
     async def test_fresh_upstream_copy_is_replaced_to_restore_the_addresses(self) -> None:
         # Koupleless' module-controller deletes ours and, while the ModuleDeployment's generation is 1,
@@ -611,7 +608,7 @@ class TestAnotherInstallsService:
         await w.reconcile(KEY)
         assert w.client.calls == []
         w.mds.upsert(md("a", rv="3", port=9090))
-        await w.reconciler.reconcile_status(KEY)
+        await w.status.reconcile(KEY)
         (status,) = w.client.writes("PATCH", "/status")
         cond = status["status"]["moduleService"]["conditions"][0]
         assert cond["reason"] == "NameConflict"

@@ -1,4 +1,4 @@
-"""Table tests for controller.moduleservice.status: ``status.moduleService`` (architecture §5) and its merge patch."""
+"""Table tests for controller.moduleservice.status: ``status.moduleService`` and its merge patch."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from controller.moduleservice.status import (
     module_service_status,
     status_patch,
 )
-from tests.unit.test_desired import NS, PREFIX, live_service, view
+from tests.unit.moduleservice.test_desired import NS, PREFIX, live_service, view
 
 T0 = "2026-01-01T00:00:00Z"
 T1 = "2026-01-01T00:05:00Z"

@@ -1,4 +1,4 @@
-"""Table tests for controller.moduleservice.mapping: which Service keys an object change concerns (architecture §3)."""
+"""Table tests for controller.moduleservice.mapping: which Service keys an object change concerns."""
 
 from __future__ import annotations
 

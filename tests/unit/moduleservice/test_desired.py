@@ -1,5 +1,5 @@
 """Table tests for controller.moduleservice.desired: parsing ModuleDeployments, the desired Service, ownership and the
-patch that makes a live Service match (architecture §3-§4). Pure functions, no I/O."""
+patch that makes a live Service match. Pure functions, no I/O."""
 
 from __future__ import annotations
 

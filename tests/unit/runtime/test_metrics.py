@@ -1,4 +1,4 @@
-"""Metric names, labels and initial series are a contract with dashboards (architecture §8)."""
+"""Metric names, labels and initial series are a contract with dashboards."""
 
 from __future__ import annotations
 
@@ -210,8 +210,7 @@ def test_informer_adapter(registry: CollectorRegistry, metrics: Metrics, clock: 
 def test_rest_and_leader(registry: CollectorRegistry, metrics: Metrics) -> None:
     metrics.observe_request("GET", "200", 0.03, "api:6443")
     metrics.observe_request("watch", "200", 300.0, "api:6443")
-    hook = metrics.rest_hook("api:6443")
-    hook("PATCH", "<error>", 0.2)
+    metrics.observe_request("PATCH", "<error>", 0.2, "api:6443")
     assert value(registry, "rest_client_requests_total", code="200", method="GET", host="api:6443") == 1
     assert value(registry, "rest_client_requests_total", code="200", method="WATCH", host="api:6443") == 1
     assert value(registry, "rest_client_requests_total", code="<error>", method="PATCH", host="api:6443") == 1

@@ -16,6 +16,7 @@ from controller.runtime.events import EventRecorder, ObjectRef
 from controller.runtime.fight import FightDetector
 from controller.runtime.kube.client import JsonObj, KubeClient
 from controller.runtime.kube.errors import NotFound
+from tests.harness import wait_for
 
 
 class Clock:
@@ -155,9 +156,9 @@ REF = ObjectRef("ns", "md-a", "uid-a", "example.com/v1", "ModuleDeployment")
 
 
 async def drain(rec: EventRecorder) -> None:
-    with anyio.fail_after(10):
-        while rec._pending:
-            await anyio.sleep(0.001)
+    async def sent() -> bool:
+        return rec.pending == 0
+    await wait_for(sent, timeout=10, interval=0.001, what="every Event sent")
 
 
 @pytest.mark.asyncio

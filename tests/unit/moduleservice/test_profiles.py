@@ -25,7 +25,7 @@ from controller.moduleservice.desired import (
 from controller.moduleservice.profiles import PROFILES, resolve_profile
 from controller.runtime.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 FIXTURES = ROOT / "tests" / "data" / "crds"
 
 

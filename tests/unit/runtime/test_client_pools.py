@@ -1,4 +1,4 @@
-"""Issue 10, defect 2: watches must never starve the requests, and the Lease has a lane of its own.
+"""watches must never starve the requests, and the Lease has a lane of its own.
 
 A fake API server on 127.0.0.1 answers watches with headers and then silence (a quiet namespace), and
 ``/slow`` never answers (a request stuck on a dead connection). With a pool of 2 connections, three

@@ -11,14 +11,9 @@ import anyio
 import pytest
 from prometheus_client import CollectorRegistry
 
-from controller.runtime.http import (
-    HealthChecks,
-    KubeAuthorizer,
-    MetricsServer,
-    ProbeServer,
-    generate_self_signed_cert,
-    parse_bind,
-)
+from controller.runtime.authz import KubeAuthorizer
+from controller.runtime.health import HealthChecks
+from controller.runtime.http import MetricsServer, ProbeServer, generate_self_signed_cert, parse_bind
 from controller.runtime.kube.errors import Forbidden, TransportError
 from controller.runtime.metrics import Metrics
 

@@ -1,7 +1,8 @@
 """Unit tests for controller.runtime.leaderelection against an in-memory Lease API with optimistic concurrency.
 
-Timing tests use small real durations (lease 1 s, renew 0.5 s, retry 0.1 s); conditions are awaited
-under ``anyio.fail_after`` deadlines, never slept for. Boundary tests use a fake clock.
+Durations are small (lease 1 s, renew 0.5 s, retry 0.1 s). Tests that bound how long something takes run
+on a fake clock (:func:`on_fake_clock`), so a loaded machine cannot stretch them; the others await their
+conditions under ``anyio.fail_after`` deadlines and never sleep for them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import anyio.lowlevel
 import pytest
 from structlog.testing import capture_logs
 
+from controller.runtime.clock import Clock, FakeClock, SystemClock
+from controller.runtime.errors import ConfigError
 from controller.runtime.kube.errors import (
     AlreadyExists,
     Conflict,
@@ -25,14 +28,12 @@ from controller.runtime.kube.errors import (
     ServerError,
     TransportError,
 )
-from controller.runtime.leaderelection import (
+from controller.runtime.leaderelection import LeaderElector, LeadershipLost
+from controller.runtime.leaselock import (
     DEFAULT_LOCK_NAME,
-    ConfigError,
     KubeLeaseApi,
     LeaderElectionConfig,
     LeaderElectionRecord,
-    LeaderElector,
-    LeadershipLost,
     default_identity,
     micro_time,
 )
@@ -46,6 +47,8 @@ LEASE = 1.0  # written as leaseDurationSeconds=1
 RENEW = 0.5
 RETRY = 0.1
 SLACK = 0.2  # scheduling slack for real-time upper bounds
+STEP = 0.01  # the fake clock's step
+DEADLINE = 10.0  # real-time guard of a fake-clock test
 MICRO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
 
 
@@ -166,9 +169,26 @@ class Changes:
         self.events.append((leading, self.elector.is_leader))
 
 
+class NowClock(SystemClock):
+    """Real sleeps, but ``now`` from a test's hand: for the boundary tests that set the time outright."""
+
+    def __init__(self, now: Callable[[], float]) -> None:
+        self._now = now
+
+    def now(self) -> float:
+        return self._now()
+
+
 def elector(api: FakeLeaseApi, identity: str, **kw: Any) -> tuple[LeaderElector, Changes]:
     changes = Changes()
-    clock: Callable[[], float] | None = kw.pop("clock", None)
+    given: Clock | Callable[[], float] | None = kw.pop("clock", None)
+    clock: Clock
+    if given is None:
+        clock = SystemClock()
+    elif isinstance(given, FakeClock | SystemClock):
+        clock = given
+    else:
+        clock = NowClock(given)  # type: ignore[arg-type]
     e = LeaderElector(config(identity, **kw), api, clock=clock, on_change=changes)
     changes.elector = e
     return e, changes
@@ -183,6 +203,31 @@ async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
     with anyio.fail_after(timeout):
         while not cond():
             await anyio.sleep(0.005)
+
+
+async def on_fake_clock(clock: FakeClock, call: Callable[[], Awaitable[Any]], *, step: float = 0.01,
+                        limit: float = 30.0) -> Any:
+    """Runs ``call`` to its end, advancing ``clock`` by ``step`` each time every task is blocked."""
+    result: list[Any] = []
+    done = anyio.Event()
+
+    async def run() -> None:
+        try:
+            result.append(await call())
+        finally:
+            done.set()
+
+    started = clock.now()
+    with anyio.fail_after(DEADLINE):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            while not done.is_set():
+                await anyio.wait_all_tasks_blocked()
+                if done.is_set():
+                    break
+                assert clock.now() - started < limit, f"still running after {limit} fake seconds"
+                clock.advance(step)
+    return result[0] if result else None
 
 
 async def expect_lost(call: Callable[[], Awaitable[None]]) -> LeadershipLost:
@@ -243,11 +288,9 @@ class TestAcquire:
         api = FakeLeaseApi()
         a, changes = elector(api, "a")
         assert not leading(a)
-        assert a.observed_record is None
         with anyio.fail_after(2):
             await a.acquire()
         assert a.is_leader
-        assert a.leading_since is not None
         assert changes.events == [(True, True)]
         assert api.calls == ["get", "create"]
         lease = api.store.lease()
@@ -261,7 +304,7 @@ class TestAcquire:
         assert spec["leaseTransitions"] == 0
         assert MICRO_TIME.match(spec["acquireTime"])
         assert spec["acquireTime"] == spec["renewTime"]
-        assert a.observed_record == LeaderElectionRecord.from_lease(lease)
+        assert LeaderElectionRecord.from_lease(lease).holder_identity == "a"
 
     @pytest.mark.asyncio
     async def test_second_candidate_cannot_acquire_while_lease_is_renewed(self) -> None:
@@ -427,43 +470,48 @@ class TestRenew:
     @pytest.mark.asyncio
     @pytest.mark.parametrize("mode", ["error", "hang"])
     async def test_failing_renew_loses_leadership_within_deadline(self, mode: str) -> None:
+        clock = FakeClock()
         api = FakeLeaseApi()
-        a, changes = elector(api, "a")
+        a, changes = elector(api, "a", clock=clock)
         await a.acquire()
         broke_at: list[float] = []
 
+        async def renew_until_broken() -> LeadershipLost:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(break_api)
+                lost = await expect_lost(a.renew_loop)
+                tg.cancel_scope.cancel()
+            return lost
+
         async def break_api() -> None:
-            await wait_for(lambda: api.calls.count("replace") >= 2)  # some successful renewals first
-            broke_at.append(anyio.current_time())
+            while api.calls.count("replace") < 2:  # some successful renewals first
+                await clock.sleep(STEP)
+            broke_at.append(clock.now())
             if mode == "error":
                 api.fail = ServerError(500, "InternalError", "etcd unavailable")
             else:
                 api.hang = True
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(break_api)
-            with anyio.fail_after(5.0):
-                lost = await expect_lost(a.renew_loop)
-        elapsed = anyio.current_time() - broke_at[0]
+        lost = await on_fake_clock(clock, renew_until_broken, step=STEP)
+        elapsed = clock.now() - broke_at[0]
         assert lost.reason == "renew_deadline_exceeded"
-        assert elapsed <= RENEW + SLACK
-        assert elapsed >= RENEW - RETRY * 2.2 - SLACK
+        assert RENEW - RETRY - STEP <= elapsed <= RENEW + STEP
         assert not a.is_leader
-        assert a.leading_since is None
         # on_change(False) ran before the exception, and is_leader was already False inside it.
         assert changes.events == [(True, True), (False, False)]
 
     @pytest.mark.asyncio
     async def test_hung_request_is_cut_at_the_deadline_not_the_request_timeout(self) -> None:
+        clock = FakeClock()
         api = FakeLeaseApi()
-        a, _ = elector(api, "a", lease_duration=5.0, renew_deadline=0.3, retry_period=0.1)
+        a, _ = elector(api, "a", lease_duration=5.0, renew_deadline=0.3, retry_period=0.1, clock=clock)
         assert a.config.request_timeout == 1.0 > a.config.renew_deadline
         await a.acquire()
         api.hang = True
-        started = anyio.current_time()
-        with anyio.fail_after(2.0):
-            await expect_lost(a.renew_loop)
-        assert anyio.current_time() - started <= 0.3 + SLACK
+        started = clock.now()
+        lost = await on_fake_clock(clock, lambda: expect_lost(a.renew_loop), step=STEP)
+        assert lost.reason == "renew_deadline_exceeded"
+        assert clock.now() - started <= 0.3 + STEP
 
     @pytest.mark.asyncio
     async def test_is_leader_is_fenced_by_time_even_without_renew_loop(self) -> None:
@@ -483,15 +531,15 @@ class TestRenew:
 
     @pytest.mark.asyncio
     async def test_someone_else_writing_the_lease_ends_leadership(self) -> None:
+        clock = FakeClock()
         api = FakeLeaseApi()
-        a, changes = elector(api, "a")
+        a, changes = elector(api, "a", clock=clock)
         await a.acquire()
         api.store.force_spec(holderIdentity="intruder", leaseTransitions=1)
-        started = anyio.current_time()
-        with anyio.fail_after(RENEW):
-            lost = await expect_lost(a.renew_loop)
+        started = clock.now()
+        lost = await on_fake_clock(clock, lambda: expect_lost(a.renew_loop), step=STEP)
         assert lost.reason == "held_by_other"
-        assert anyio.current_time() - started < RETRY + SLACK  # first renew, not the deadline
+        assert clock.now() - started <= RETRY + STEP  # the first renew, not the deadline
         assert not a.is_leader
         assert changes.events[-1] == (False, False)
         assert api.calls[-2:] == ["replace", "get"]  # 409 on the fast path, then the slow path read
@@ -517,11 +565,9 @@ class TestRenew:
         now = [0.0]
         a, _ = elector(FakeLeaseApi(), "a", clock=lambda: now[0])
         assert a.healthy(max_tolerable_expired=0.5)
-        assert a.last_observed_age() is None
         await a.acquire()
         now[0] = LEASE + 0.5
         assert a.healthy(max_tolerable_expired=0.5)
-        assert a.last_observed_age() == pytest.approx(LEASE + 0.5)
         now[0] = LEASE + 0.51
         assert not a.healthy(max_tolerable_expired=0.5)
         assert a.healthy()  # default tolerance: 20 s
@@ -532,10 +578,11 @@ class TestRenew:
         store = LeaseStore()
         a, _ = elector(FakeLeaseApi(store), "a")
         await a.acquire()
-        b, _ = elector(FakeLeaseApi(store), "b", clock=lambda: now[0])
+        b_api = FakeLeaseApi(store)
+        b, _ = elector(b_api, "b", clock=lambda: now[0])
         async with anyio.create_task_group() as tg:
             tg.start_soon(b.acquire)
-            await wait_for(lambda: b.last_observed_age() is not None)  # b has seen a's lease
+            await wait_for(lambda: "get" in b_api.calls)  # b has read a's lease
             tg.cancel_scope.cancel()
         assert not b.is_leader
         now[0] = 1000.0
@@ -574,7 +621,7 @@ class TestRelease:
         await a.acquire()
         async with anyio.create_task_group() as tg:
             tg.start_soon(b.acquire)
-            await wait_for(lambda: b.last_observed_age() is not None)  # b has seen a's lease
+            await wait_for(lambda: "get" in b_api.calls)  # b has read a's lease
             tg.cancel_scope.cancel()
         assert "get" in b_api.calls
         calls = len(b_api.calls)
@@ -623,16 +670,22 @@ class TestRelease:
 
     @pytest.mark.asyncio
     async def test_release_is_bounded_and_shielded(self) -> None:
+        clock = FakeClock()
         api = FakeLeaseApi()
-        a, _ = elector(api, "a")
+        a, _ = elector(api, "a", clock=clock)
         await a.acquire()
         api.hang = True
-        started = anyio.current_time()
-        with anyio.CancelScope() as outer:
-            outer.cancel()  # release is called during cancellation, as in a finally block
-            await a.release()
-        assert RENEW - 0.05 <= anyio.current_time() - started <= RENEW + SLACK
+        started = clock.now()
+
+        async def release_while_cancelled() -> None:
+            with anyio.CancelScope() as outer:
+                outer.cancel()  # release is called during cancellation, as in a finally block
+                await a.release()
+
+        await on_fake_clock(clock, release_while_cancelled, step=STEP)
+        assert RENEW - STEP <= clock.now() - started <= RENEW + STEP
         assert not a.is_leader
+        assert api.calls[-1] == "replace"  # it did try (and the hung request was cut off)
 
 
 class TestRun:

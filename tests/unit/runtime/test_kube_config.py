@@ -246,3 +246,15 @@ async def test_bad_entries_say_what_is_wrong(tmp_path: Path, cluster: dict[str, 
 async def test_configuration_is_constructible_for_plain_http() -> None:
     cfg = Configuration(host="http://127.0.0.1:1")
     assert (cfg.host, cfg.verify_ssl, await cfg.auth_settings()) == ("http://127.0.0.1:1", True, {})
+
+
+@pytest.mark.asyncio
+async def test_kubeconfig_env_comes_before_in_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """controller-runtime's order: --kubeconfig, then $KUBECONFIG, then in-cluster, then ~/.kube/config. A
+    Pod given a kubeconfig for another cluster (a management cluster, say) must use it."""
+    path = kubeconfig(tmp_path, cluster={"server": "https://elsewhere:6443"}, user={"token": "t"})
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    cfg = await load_configuration()
+    assert cfg.host == "https://elsewhere:6443"
