@@ -56,7 +56,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 # (flag, type, default, help); a None type means a boolean flag.
-_FLAGS: list[tuple[str, Any, Any, str]] = [
+FLAGS: list[tuple[str, Any, Any, str]] = [
     ("kubeconfig", str, None, "path to a kubeconfig (default: in-cluster, then $KUBECONFIG or ~/.kube/config)"),
     ("workers", _positive_int, 4, "concurrent reconciles"),
     ("leader-elect", None, False, "elect a leader through a Lease; only the leader reconciles"),
@@ -94,7 +94,7 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) ->
     env = dict(os.environ if env is None else env)
     parser = _Parser(prog="module-service-controller",
                      description="Gives Koupleless ModuleDeployments their module Service.")
-    for flag, typ, _, help_ in _FLAGS:
+    for flag, typ, _, help_ in FLAGS:
         if typ is None:
             parser.add_argument(f"--{flag}", nargs="?", const=True, default=_UNSET, type=_bool,
                                 help=f"{help_} (env {_env_name(flag)})")
@@ -105,7 +105,7 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) ->
                              "(env MSC_NAMESPACE, comma-separated)")
     args = parser.parse_args(argv)
     # A flag on the command line wins: its variable is then not even parsed (README, Flags).
-    for flag, typ, flag_default, _ in _FLAGS:
+    for flag, typ, flag_default, _ in FLAGS:
         dest = flag.replace("-", "_")
         if getattr(args, dest) is not _UNSET:
             continue

@@ -17,6 +17,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from controller.moduleservice.metrics import DomainMetrics
+from controller.moduleservice.profiles import resolve_profile
 from controller.runtime.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,6 +59,8 @@ GAUGES = {
     "informer_objects",
     "informer_synced",
     "moduleservice_asyncio_tasks",
+    "moduleservice_api_info",
+    "moduleservice_crd_served",
     "process_resident_memory_bytes",
 }
 HISTOGRAMS = {
@@ -80,6 +84,7 @@ def test_every_allowed_metric_is_registered_by_the_controller() -> None:
     not samples: rest_client_* and the leader gauge get their first series at run time)."""
     registry = CollectorRegistry()
     Metrics(registry)
+    DomainMetrics(registry, resolve_profile())
     exposed: set[str] = set()
     for family in registry.collect():
         if family.type == "counter":
@@ -101,6 +106,7 @@ EXPECTED_ALERTS = {
     "ModuleServiceControllerWatchSilent",
     "ModuleServiceControllerAPIServerErrors",
     "ModuleServiceControllerDown",
+    "ModuleServiceControllerCRDNotServed",
 }
 
 _PROMQL_KEYWORDS = {
@@ -367,6 +373,8 @@ def test_alert_thresholds(alerts: dict[str, Any]) -> None:
     assert rules["ModuleServiceControllerReconcileLatencyP99High"]["for"] == "15m"
     assert "> 300" in rules["ModuleServiceControllerWatchSilent"]["expr"]
     assert "absent(up{" in rules["ModuleServiceControllerDown"]["expr"]
+    assert "moduleservice_crd_served{" in rules["ModuleServiceControllerCRDNotServed"]["expr"]
+    assert rules["ModuleServiceControllerCRDNotServed"]["for"] == "5m"
 
 
 def _github_anchors(markdown: str) -> set[str]:
