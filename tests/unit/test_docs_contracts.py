@@ -30,9 +30,6 @@ README = ROOT / "README.md"
 # Every document a reader is sent to; their links and citations are checked.
 DOCUMENTS = sorted({README, ROOT / "CHANGELOG.md", ROOT / "observability" / "runbook.md",
                     *(ROOT / "docs").rglob("*.md")})
-# Links to documents that another change adds (the deletion guard's page). Tolerated only while missing:
-# once the file exists its link is checked like any other.
-PENDING_FILES = {"docs/guard.md"}
 
 
 # --- reading the page ----------------------------------------------------------------------------------
@@ -281,8 +278,7 @@ def test_links_and_paths_resolve(document: Path) -> None:
         path = (document.parent / path_part).resolve() if path_part else document
         rel = path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
         if not path.exists():
-            if rel not in PENDING_FILES:
-                problems.append(f"{where}: the link ({target}) points at {rel}, which does not exist")
+            problems.append(f"{where}: the link ({target}) points at {rel}, which does not exist")
             continue
         if anchor and path.suffix == ".md" and anchor not in _anchors(path.read_text(encoding="utf-8")):
             problems.append(f"{where}: the link ({target}): {rel} has no heading #{anchor}")
@@ -293,7 +289,7 @@ def test_links_and_paths_resolve(document: Path) -> None:
         tokens = line.split() if in_code else _ticks(line)
         for raw in tokens:
             token = raw.rstrip(",;:)").removesuffix("/")
-            if _PATH_TOKEN.match(token) and not (ROOT / token).exists() and token not in PENDING_FILES:
+            if _PATH_TOKEN.match(token) and not (ROOT / token).exists():
                 problems.append(f"{where}: `{token}` is not a path in this repository")
     assert not problems, "\n".join(problems)
 
