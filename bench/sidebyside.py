@@ -97,7 +97,11 @@ async def wait_settled(proc: Process, cl: Cluster, *, quiet_for: float, timeout:
         busy = False
         if proc.has_metrics:
             samples = await proc.scrape()
-            busy = metric(samples, "workqueue_depth") > 0 or metric(samples, "controller_runtime_active_workers") > 0
+            if any(name == "controller_quiescent" for name, _, _ in samples):
+                busy = metric(samples, "controller_quiescent") != 1  # this controller says when it is done
+            else:
+                busy = (metric(samples, "workqueue_depth") > 0
+                        or metric(samples, "controller_runtime_active_workers") > 0)
         if not busy and now - changed >= quiet_for:
             return writes
         if now > deadline:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import anyio
+import structlog
 from anyio.abc import TaskStatus
 
 from ..runtime.clock import SYSTEM_CLOCK, Clock
@@ -31,6 +32,8 @@ from .reconcile import Reconciler
 from .statuswriter import StatusWriter
 
 __all__ = ["LOW_PRIORITY_MAX_WAIT", "SERVICE_LANE_QUIET", "Lanes"]
+
+log = structlog.get_logger(__name__)
 
 SERVICE_LANE_QUIET = 0.25
 LOW_PRIORITY_MAX_WAIT = 10.0
@@ -88,10 +91,12 @@ class Lanes:
         now = self._clock.now()
         for key, seen in self._seen.items():
             self._seen[key] = max(seen, now)
+        log.info("workers_starting", workers=self.services.workers)
         async with anyio.create_task_group() as tg:
             await tg.start(self.services.run)
             await tg.start(self.status.run)
             task_status.started()
+        log.info("workers_stopped")
 
     def stop(self) -> None:
         self._stopped.set()

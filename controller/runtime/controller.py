@@ -135,7 +135,7 @@ class Controller(Generic[K]):
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Runs the workers until :meth:`stop` (then returns once the keys in progress are done)."""
         self._metrics.max_concurrent(self.workers)
-        self._log.info("workers_starting", workers=self.workers)
+        self._log.info("controller_starting", workers=self.workers)
         async with anyio.create_task_group() as tg:
             await tg.start(self.queue.run)
             tg.start_soon(self._unfinished_loop)
@@ -144,7 +144,7 @@ class Controller(Generic[K]):
                     workers.start_soon(self._worker)
                 task_status.started()
             tg.cancel_scope.cancel()
-        self._log.info("workers_stopped")
+        self._log.info("controller_stopped")
 
     def stop(self) -> None:
         """Hand out no more keys; workers finish the key they hold and return."""

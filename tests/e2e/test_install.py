@@ -247,14 +247,18 @@ def _problems(where: str, expr: str, series: dict[str, list[dict[str, str]]]) ->
                     if label not in TARGET_LABELS | RUNTIME_VALUE_LABELS and "$" not in value]
         if not any(_matches(labels, matchers) for labels in series[name]):
             problems.append(f"{where}: no {name} series matches {matchers}")
-    # Grouping/matching labels that are not target labels must exist on every metric of the expression.
+    # Grouping/matching labels that are not target labels must exist on every metric of the expression; with
+    # a group_left join, on one of them at least (the join carries the left side's labels over).
+    joined = "group_left" in expr
     for group in _GROUPING.findall(expr):
         for label in (x.strip() for x in group.split(",")):
             if not label or label in TARGET_LABELS:
                 continue
-            for name in names & series.keys():
-                if not any(label in labels for labels in series[name]):
-                    problems.append(f"{where}: {name} has no label {label!r} to group by")
+            lacking = [name for name in sorted(names & series.keys())
+                       if not any(label in labels for labels in series[name])]
+            if joined and len(lacking) < len(names & series.keys()):
+                continue
+            problems += [f"{where}: {name} has no label {label!r} to group by" for name in lacking]
     return problems
 
 

@@ -355,7 +355,7 @@ def test_monitoring_selects_this_release() -> None:
     selector = f'job="{job}", namespace="ops"'
     rule = find(objects, "PrometheusRule")
     exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
-    assert len(exprs) == 8
+    assert len(exprs) == 9
     for expr in exprs:
         assert selector in expr, expr
         assert "module-service-system" not in expr
