@@ -57,7 +57,7 @@ class _Parser(argparse.ArgumentParser):
 
 # (flag, type, default, help); a None type means a boolean flag.
 FLAGS: list[tuple[str, Any, Any, str]] = [
-    ("kubeconfig", str, None, "path to a kubeconfig (default: in-cluster, then $KUBECONFIG or ~/.kube/config)"),
+    ("kubeconfig", str, None, "path to a kubeconfig (default: $KUBECONFIG, then in-cluster, then ~/.kube/config)"),
     ("workers", _positive_int, 4, "concurrent reconciles"),
     ("leader-elect", None, False, "elect a leader through a Lease; only the leader reconciles"),
     ("leader-elect-namespace", str, None, "namespace of the Lease (default: the pod's namespace, else default)"),

@@ -19,7 +19,7 @@ LOG_FORMATS = ("json", "console")
 @dataclass(frozen=True, slots=True)
 class Config:
     kubeconfig: str | None = None
-    """Path to a kubeconfig; default: in-cluster, then $KUBECONFIG / ~/.kube/config."""
+    """Path to a kubeconfig; default: $KUBECONFIG, then in-cluster, then ~/.kube/config."""
     namespaces: tuple[str, ...] = ()
     """Namespaces to serve; empty means all."""
     workers: int = 4
