@@ -71,7 +71,8 @@ def module_deployment(name: str, module: str, *, port: int | None = 8080, target
 
 async def wait_for(fn: Callable[[], Awaitable[T | None]], *, timeout: float = 30.0, what: str = "condition",
                    interval: float = 0.05) -> T:
-    """Polls ``fn`` until it returns something truthy; fails with the last value after ``timeout``."""
+    """Polls ``fn`` until it returns something truthy; fails with the last value after ``timeout``. The one
+    poll helper of the tests (:func:`poll` is its synchronous twin, for fixtures and plain tests)."""
     deadline = time.monotonic() + timeout
     while True:
         last = await fn()
@@ -80,6 +81,18 @@ async def wait_for(fn: Callable[[], Awaitable[T | None]], *, timeout: float = 30
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
         await anyio.sleep(interval)
+
+
+def poll(fn: Callable[[], T | None], *, timeout: float = 30.0, what: str = "condition", interval: float = 0.2) -> T:
+    """:func:`wait_for` for synchronous code: polls ``fn`` until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = fn()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+        time.sleep(interval)
 
 
 class Api:

@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.controlplane import ControlPlane, kubernetes_selection, kubernetes_version
+from tests.harness import poll
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPONENTS = {"etcd", "kube-apiserver", "kube-controller-manager"}
@@ -58,14 +58,6 @@ def port_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def wait_until(predicate: Any, *, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def up_and_check(directory: Path) -> dict[str, Any]:
@@ -118,7 +110,7 @@ class TestLeftoverState:
         killed = up_and_check(cp_dir)
         for pid in killed["pids"].values():
             os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: all(gone(p) for p in killed["pids"].values()), timeout=10, what="SIGKILL to land")
+        poll(lambda: all(gone(p) for p in killed["pids"].values()), timeout=10, what="SIGKILL to land")
         assert state(cp_dir)["pids"] == killed["pids"]  # the stale record is still there
 
         st = up_and_check(cp_dir)

@@ -37,6 +37,7 @@ from controller.runtime.leaselock import (
     default_identity,
     micro_time,
 )
+from tests.harness import wait_for as harness_wait_for
 
 __all__: list[str] = []
 
@@ -200,9 +201,10 @@ def leading(e: LeaderElector) -> bool:
 
 
 async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    with anyio.fail_after(timeout):
-        while not cond():
-            await anyio.sleep(0.005)
+    """The harness's wait_for, for a plain predicate."""
+    async def holds() -> bool:
+        return cond()
+    await harness_wait_for(holds, timeout=timeout, interval=0.005)
 
 
 async def on_fake_clock(clock: FakeClock, call: Callable[[], Awaitable[Any]], *, step: float = 0.01,
