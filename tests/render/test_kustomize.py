@@ -1,8 +1,8 @@
 """The kustomize layout, rendered with the pinned kubectl: a default
 install that needs no CRD and no Prometheus Operator, the CRD on its own, monitoring opt-in, the profile
 variants and the namespaced variant; and no variant that `kubectl delete -k` could take a CRD or a
-ModuleDeployment away with. In every documented composition the deletion guard protects the profile's
-group (none in namespaced mode) and the Lease in the args is the one the leader-election Role allows."""
+ModuleDeployment away with. The guard's policy, and installs side by side. Every composition that
+docs/install.md documents is rendered by tests/render/test_compositions.py."""
 
 from __future__ import annotations
 
