@@ -8,8 +8,12 @@ Helm chart) produce: a ServiceMonitor on the Service ``module-service-controller
 with a ``namespace`` label. The generated files are committed:
 
 - observability/alerts.yaml (promtool checks and tests it),
-- manifests/prometheus/prometheusrule.yaml (the same groups for the Prometheus Operator),
-- observability/grafana-dashboard.json.
+- observability/grafana-dashboard.json,
+- manifests/prometheus/prometheusrule.yaml and manifests/prometheus/grafana-dashboard.json, the kustomize
+  component's copies: the same, except that the job and the namespace are the kustomize variables
+  ``$(MSC_METRICS_JOB)`` and ``$(MSC_METRICS_NAMESPACE)``, which kustomize resolves to the metrics Service's
+  final name and namespace (manifests/prometheus/kustomization.yaml). The chart substitutes its release's
+  job and namespace into its copies of the first two files itself.
 
     python observability/render_prometheusrule.py           # rewrite the three files (defaults)
     python observability/render_prometheusrule.py --check   # exit 1 if any is out of sync
@@ -23,7 +27,7 @@ import argparse
 import json
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +40,10 @@ DASHBOARD_TEMPLATE = TEMPLATES / "grafana-dashboard.json"
 ALERTS = ROOT / "observability" / "alerts.yaml"
 DASHBOARD = ROOT / "observability" / "grafana-dashboard.json"
 PROMETHEUS_RULE = ROOT / "manifests" / "prometheus" / "prometheusrule.yaml"
+KUSTOMIZE_DASHBOARD = ROOT / "manifests" / "prometheus" / "grafana-dashboard.json"
+# The kustomize variables of manifests/prometheus/kustomization.yaml.
+KUSTOMIZE_JOB = "$(MSC_METRICS_JOB)"
+KUSTOMIZE_NAMESPACE = "$(MSC_METRICS_NAMESPACE)"
 
 NAME = "module-service-controller"
 NAMESPACE = "module-service-system"
@@ -172,6 +180,18 @@ def render_all(config: Config) -> dict[str, str]:
     }
 
 
+def render_committed(config: Config) -> dict[Path, str]:
+    """Path -> text of every committed file: the kustomize component's copies select its variables."""
+    kustomize = replace(config, job=KUSTOMIZE_JOB, namespace=KUSTOMIZE_NAMESPACE)
+    plain, variables = render_all(config), render_all(kustomize)
+    return {
+        ALERTS: plain[ALERTS.name],
+        DASHBOARD: plain[DASHBOARD.name],
+        PROMETHEUS_RULE: variables[PROMETHEUS_RULE.name],
+        KUSTOMIZE_DASHBOARD: variables[DASHBOARD.name],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--check", action="store_true", help="fail if a committed file is out of sync")
@@ -190,25 +210,24 @@ def main(argv: list[str] | None = None) -> int:
                         watch_silent_seconds=args.watch_silent_seconds)
     except ValueError as exc:
         parser.error(str(exc))
-    rendered = render_all(config)
     if args.output_dir is not None:
         args.output_dir.mkdir(parents=True, exist_ok=True)
-        for name, text in rendered.items():
+        for name, text in render_all(config).items():
             (args.output_dir / name).write_text(text, encoding="utf-8")
         return 0
-    targets = {ALERTS.name: ALERTS, PROMETHEUS_RULE.name: PROMETHEUS_RULE, DASHBOARD.name: DASHBOARD}
+    committed = render_committed(config)
     if args.check:
         if config != Config():
             parser.error("--check compares the committed files, which use the defaults")
-        stale = [str(path) for name, path in targets.items()
-                 if not path.exists() or path.read_text(encoding="utf-8") != rendered[name]]
+        stale = [str(path) for path, text in committed.items()
+                 if not path.exists() or path.read_text(encoding="utf-8") != text]
         if stale:
             print(f"out of sync with observability/templates/: {', '.join(stale)}; "
                   "run: python observability/render_prometheusrule.py", file=sys.stderr)
             return 1
         return 0
-    for name, path in targets.items():
-        path.write_text(rendered[name], encoding="utf-8")
+    for path, text in committed.items():
+        path.write_text(text, encoding="utf-8")
     return 0
 
 

@@ -1,9 +1,10 @@
 """Copy the files that the Helm chart and the kustomize monitoring component ship from their one source.
 
-Kustomize and Helm read only files inside their own directory, so each keeps a byte-for-byte copy:
+Kustomize and Helm read only files inside their own directory, so each keeps a byte-for-byte copy (the
+kustomize component's alerts and dashboard are rendered by observability/render_prometheusrule.py instead,
+with kustomize variables for the job and the namespace):
 - observability/alerts.yaml            -> charts/module-service-controller/files/alerts.yaml
 - observability/grafana-dashboard.json -> charts/module-service-controller/files/grafana-dashboard.json
-                                       -> manifests/prometheus/grafana-dashboard.json
 - manifests/crd/moduledeployments.yaml -> charts/module-service-controller/files/moduledeployments.yaml
 - manifests/guard/validating_admission_policy.yaml -> charts/module-service-controller/files/guard.yaml
 
@@ -22,7 +23,6 @@ CHART_FILES = ROOT / "charts" / "module-service-controller" / "files"
 COPIES: list[tuple[Path, Path]] = [
     (ROOT / "observability" / "alerts.yaml", CHART_FILES / "alerts.yaml"),
     (ROOT / "observability" / "grafana-dashboard.json", CHART_FILES / "grafana-dashboard.json"),
-    (ROOT / "observability" / "grafana-dashboard.json", ROOT / "manifests" / "prometheus" / "grafana-dashboard.json"),
     (ROOT / "manifests" / "crd" / "moduledeployments.yaml", CHART_FILES / "moduledeployments.yaml"),
     (ROOT / "manifests" / "guard" / "validating_admission_policy.yaml", CHART_FILES / "guard.yaml"),
 ]

@@ -87,11 +87,18 @@ EXPECTED_OBJECTS = [
     # The cluster serves the ValidatingAdmissionPolicy API: the deletion guard is on.
     ("validatingadmissionpolicy.admissionregistration.k8s.io", "", "module-service-controller-guard"),
     ("validatingadmissionpolicybinding.admissionregistration.k8s.io", "", "module-service-controller-guard"),
+    # The built-in view, edit and admin roles aggregate these: users of those may read/write ModuleDeployments.
+    ("clusterrole", "", "module-service-controller-view"),
+    ("clusterrole", "", "module-service-controller-edit"),
 ]
 MONITORING_OBJECTS = [
     ("servicemonitor.monitoring.coreos.com", SYSTEM_NS, "module-service-controller"),
     ("prometheusrule.monitoring.coreos.com", SYSTEM_NS, "module-service-controller"),
     ("configmap", SYSTEM_NS, "module-service-controller-dashboard"),
+    # The identity the ServiceMonitor scrapes secure metrics with (its `authorization` credentials).
+    ("serviceaccount", SYSTEM_NS, "module-service-controller-metrics-scraper"),
+    ("secret", SYSTEM_NS, "module-service-controller-metrics-scraper-token"),
+    ("clusterrolebinding", "", "module-service-controller-metrics-scraper"),
 ]
 
 

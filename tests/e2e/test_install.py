@@ -140,11 +140,18 @@ EXPECTED_OBJECTS = [
     ("service", SYSTEM_NS, "module-service-controller-metrics"),
     ("validatingadmissionpolicy.admissionregistration.k8s.io", "", "module-service-controller-guard"),
     ("validatingadmissionpolicybinding.admissionregistration.k8s.io", "", "module-service-controller-guard"),
+    # The built-in view, edit and admin roles aggregate these: users of those may read/write ModuleDeployments.
+    ("clusterrole", "", "module-service-controller-view"),
+    ("clusterrole", "", "module-service-controller-edit"),
 ]
 MONITORING_OBJECTS = [
     ("servicemonitor.monitoring.coreos.com", SYSTEM_NS, "module-service-controller"),
     ("prometheusrule.monitoring.coreos.com", SYSTEM_NS, "module-service-controller"),
     ("configmap", SYSTEM_NS, "module-service-controller-dashboard"),
+    # The identity the ServiceMonitor scrapes secure metrics with (its `authorization` credentials).
+    ("serviceaccount", SYSTEM_NS, "module-service-controller-metrics-scraper"),
+    ("secret", SYSTEM_NS, "module-service-controller-metrics-scraper-token"),
+    ("clusterrolebinding", "", "module-service-controller-metrics-scraper"),
 ]
 
 
@@ -412,8 +419,10 @@ def test_delete_k_keeps_the_crd_the_module_deployments_and_their_services(
         assert not lease["spec"].get("holderIdentity"), lease
         service_uid = cp.request(svc_path)["metadata"]["uid"]
 
-        proc = kubectl(cp, "delete", "-k", "manifests/variants/monitoring")
-        print(f"\n$ kubectl delete -k manifests/variants/monitoring\n{proc.stdout}{proc.stderr}")
+        # docs/install.md "Uninstall": kube-controller-manager deletes the scraper's token Secret with its
+        # ServiceAccount, which kubectl deletes first.
+        proc = kubectl(cp, "delete", "-k", "manifests/variants/monitoring", "--ignore-not-found")
+        print(f"\n$ kubectl delete -k manifests/variants/monitoring --ignore-not-found\n{proc.stdout}{proc.stderr}")
         assert proc.returncode == 0, proc.stdout + proc.stderr
         for kind, namespace, name in EXPECTED_OBJECTS + MONITORING_OBJECTS:
             poll(gone(cp, kind, namespace, name), timeout=WAIT, what=f"{kind}/{name} to be gone")

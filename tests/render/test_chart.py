@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -24,6 +26,7 @@ from tests.render.common import (
     ROOT,
     VAP_API,
     Obj,
+    alert_selectors,
     bindings,
     container,
     find,
@@ -34,15 +37,21 @@ from tests.render.common import (
     helm_template,
     helm_template_error,
     kinds,
-    kustomize,
     lease_name,
     lease_role_names,
+    metrics_service,
     normalize,
     rbac,
+    restricted_problems,
+    shutdown_needs,
 )
 
-DEFAULT_KINDS = sorted(["CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRole",
-                        "ClusterRoleBinding", "Role", "RoleBinding", "Deployment", "PodDisruptionBudget", "Service"])
+# The controller's, the metrics-reader and the aggregated view and edit ClusterRoles.
+DEFAULT_KINDS = sorted(["CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRole",
+                        "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Deployment",
+                        "PodDisruptionBudget", "Service"])
+MONITORING = ("serviceMonitor.enabled=true", "prometheusRule.enabled=true", "dashboard.enabled=true")
+SECURE_RULES = {("authentication.k8s.io", "tokenreviews"), ("authorization.k8s.io", "subjectaccessreviews")}
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +65,30 @@ def _args(objects: list[Obj]) -> list[str]:
     return args
 
 
+LINT_VALUE_SETS = [
+    [],
+    ["profile=koupleless"],
+    ["namespaced.enabled=true", "metrics.secure=false"],
+    list(MONITORING),
+    ["profile=sofa-serverless", "podMonitor.enabled=true", "prometheusRule.enabled=true",
+     "podMonitor.scrapeTimeout=10s", "podMonitor.relabelings[0].targetLabel=team",
+     "podMonitor.relabelings[0].replacement=a"],
+    ["metrics.secure=false", *MONITORING, "rbac.aggregateClusterRoles=false", "guard.enabled=false"],
+    ["metrics.enabled=false", "podSecurityContext.runAsUser=null", "podSecurityContext.runAsGroup=null",
+     "podSecurityContext.fsGroup=null", "logLevel=debug", "logFormat=console", "commonLabels.team=a"],
+    ["metrics.certSecret=msc-metrics-tls", "extraVolumes[0].name=ca", "extraVolumes[0].configMap.name=ca",
+     "extraVolumeMounts[0].name=ca", "extraVolumeMounts[0].mountPath=/etc/ca", "terminationGracePeriodSeconds=60",
+     "leaderElection.renewDeadline=20s", "leaderElection.leaseDuration=30s"],
+]
+
+
 def test_helm_lint() -> None:
-    for sets in ([], ["profile=koupleless"], ["namespaced.enabled=true", "metrics.secure=false"],
-                 ["serviceMonitor.enabled=true", "prometheusRule.enabled=true", "dashboard.enabled=true"]):
+    for sets in LINT_VALUE_SETS:
         args = ["lint", str(CHART), "--strict", "--namespace", NAMESPACE]
         for s in sets:
             args += ["--set", s]
         proc = helm_run(*args)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert proc.returncode == 0, (sets, proc.stdout + proc.stderr)
         assert "0 chart(s) failed" in proc.stdout
 
 
@@ -133,12 +158,12 @@ def test_image_tag_and_digest() -> None:
 
 def test_replicas_resources_args_env() -> None:
     objects = helm_template("replicas=5", "resources.limits.memory=1Gi", "args[0]=--workers=8",
-                            "env[0].name=MSC_LOG_LEVEL", "env[0].value=debug")
+                            "env[0].name=MSC_WATCH_IDLE_TIMEOUT", "env[0].value=90s")
     assert find(objects, "Deployment")["spec"]["replicas"] == 5
     c = container(objects)
     assert c["resources"]["limits"]["memory"] == "1Gi"
     assert c["args"][-1] == "--workers=8"
-    assert c["env"][-1] == {"name": "MSC_LOG_LEVEL", "value": "debug"}
+    assert c["env"][-1] == {"name": "MSC_WATCH_IDLE_TIMEOUT", "value": "90s"}
 
 
 def test_leader_election() -> None:
@@ -227,7 +252,9 @@ def test_monitoring_toggles(default: list[Obj]) -> None:
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     (endpoint,) = monitor["spec"]["endpoints"]
     assert (endpoint["port"], endpoint["scheme"], endpoint["interval"]) == ("https", "https", "15s")
-    assert endpoint["bearerTokenFile"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    assert "bearerTokenFile" not in endpoint
+    assert endpoint["authorization"] == {"type": "Bearer", "credentials": {
+        "name": f"{NAME}-metrics-scraper-token", "key": "token"}}
     rule = find(objects, "PrometheusRule")
     assert rule["metadata"]["labels"]["release"] == "kps"
     alerts = yaml.safe_load((ROOT / "observability" / "alerts.yaml").read_text(encoding="utf-8"))
@@ -290,52 +317,6 @@ def test_schema_rejects_bad_values(value: str, message: str) -> None:
     error = helm_template_error(value)
     assert "values don't meet the specifications of the schema" in error, error
     assert message in error, error
-
-
-# ---------------------------------------------------------------------------------------------- same RBAC
-# (kustomize directory, helm --set): the same install both ways.
-SAME_INSTALLS = [
-    ("", []),
-    ("variants/koupleless", ["profile=koupleless"]),
-    ("variants/sofa-serverless", ["profile=sofa-serverless"]),
-    ("variants/namespaced", ["namespaced.enabled=true", "metrics.secure=false"]),
-]
-
-
-@pytest.mark.parametrize(("directory", "sets"), SAME_INSTALLS, ids=["seed", "koupleless", "sofa-serverless",
-                                                                     "namespaced"])
-def test_kustomize_and_helm_render_the_same_rbac(directory: str, sets: list[str]) -> None:
-    """With the release name module-service-controller the chart's object names are the kustomize
-    install's: the same Roles and ClusterRoles with the same rules, the same bindings, the same
-    ServiceAccount and the same controller flags."""
-    kustomized = kustomize(MANIFESTS / directory)
-    helmed = helm_template(*sets)
-    assert rbac(helmed) == rbac(kustomized)
-    # Read access to exactly the profile's CRD (normalize ignores resourceNames).
-    assert _crd_names(helmed) == _crd_names(kustomized)
-    assert bindings(helmed) == bindings(kustomized)
-    accounts = [(o["metadata"]["namespace"], o["metadata"]["name"]) for o in helmed if o["kind"] == "ServiceAccount"]
-    assert accounts == [(NAMESPACE, NAME)]
-    assert accounts == [(o["metadata"]["namespace"], o["metadata"]["name"])
-                        for o in kustomized if o["kind"] == "ServiceAccount"]
-    # Kustomize spells the served namespace $(POD_NAMESPACE); Helm knows it at render time.
-    k_args = [a.replace("$(POD_NAMESPACE)", NAMESPACE) for a in _args(kustomized)]
-    assert _args(helmed) == k_args
-    # The same Lease, allowed by name alike.
-    assert lease_role_names(helmed) == lease_role_names(kustomized) == [[lease_name(helmed)], []]
-    # The same guard, where the cluster serves the API (none in namespaced mode): one CEL source.
-    served = helm_template(*sets, api_versions=(VAP_API,))
-    h_guard, k_guard = guard(served), guard(kustomized)
-    assert (h_guard is None) == (k_guard is None) == ("namespaced.enabled=true" in sets)
-    if h_guard is not None and k_guard is not None:
-        for h, k in zip(h_guard, k_guard, strict=True):
-            assert h["metadata"]["name"] == k["metadata"]["name"] == f"{NAME}-guard"
-            assert h["spec"] == k["spec"]
-
-
-def _crd_names(objects: list[Obj]) -> list[list[str]]:
-    return [rule.get("resourceNames", []) for o in objects if o["kind"] == "ClusterRole"
-            for rule in o["rules"] if "customresourcedefinitions" in rule.get("resources", [])]
 
 
 def test_copies_are_in_sync() -> None:
@@ -455,3 +436,275 @@ def test_long_names_fit() -> None:
     for name in (lease, policy["metadata"]["name"]):
         assert len(name) <= 253
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*", name), name
+
+
+# ------------------------------------------------------------------------------------- alerts follow metrics
+def test_alerts_need_metrics() -> None:
+    """Without /metrics, ModuleServiceControllerDown (absent(up)) and NoLeader would fire forever: refused."""
+    error = helm_template_error("prometheusRule.enabled=true", "metrics.enabled=false")
+    assert "prometheusRule.enabled=true needs metrics.enabled=true" in error
+    assert "podMonitor.enabled=true needs metrics.enabled=true" in helm_template_error(
+        "podMonitor.enabled=true", "metrics.enabled=false")
+
+
+# ------------------------------------------------------------------------------------- the Pod
+def test_security_contexts_are_values_and_meet_restricted(default: list[Obj]) -> None:
+    pod = find(default, "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
+                                      "fsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert restricted_problems(pod) == []
+    # A platform that assigns UIDs (OpenShift's restricted SCC): null leaves them out, still restricted.
+    assigned = find(helm_template("podSecurityContext.runAsUser=null", "podSecurityContext.runAsGroup=null",
+                                  "podSecurityContext.fsGroup=null"), "Deployment")["spec"]["template"]["spec"]
+    assert assigned["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert "runAsUser" not in assigned["containers"][0]["securityContext"]
+    assert restricted_problems(assigned) == []
+    other = find(helm_template("podSecurityContext.runAsUser=1000770000",
+                               "securityContext.readOnlyRootFilesystem=false"), "Deployment")
+    other = other["spec"]["template"]["spec"]
+    assert other["securityContext"]["runAsUser"] == 1000770000
+    assert other["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is False
+    # The checker can fail: a root container is not restricted.
+    root = find(helm_template("podSecurityContext.runAsUser=0", "podSecurityContext.runAsNonRoot=false",
+                              "securityContext.runAsNonRoot=false"), "Deployment")["spec"]["template"]["spec"]
+    assert restricted_problems(root)
+
+
+def test_grace_period_covers_the_shutdown(default: list[Obj]) -> None:
+    """SIGTERM: the drain (--shutdown-timeout) plus the Lease release (bounded by the renew deadline) must end
+    before the kubelet kills the process. The default leaves room; a shorter explicit one is refused."""
+    pod = find(default, "Deployment")["spec"]["template"]["spec"]
+    c = container(default)
+    assert "--shutdown-timeout=20s" in c["args"]
+    assert shutdown_needs(c) == 30
+    assert pod["terminationGracePeriodSeconds"] == 35
+    # A longer renew deadline, a longer drain through args, or a drain left to MSC_SHUTDOWN_TIMEOUT all count.
+    for sets, grace in ((("leaderElection.renewDeadline=20s", "leaderElection.leaseDuration=30s"), 45),
+                        (("args[0]=--shutdown-timeout=1m",), 75),
+                        (("shutdownTimeout=", "env[0].name=MSC_SHUTDOWN_TIMEOUT", "env[0].value=40s"), 55),
+                        (("shutdownTimeout=",), 40),
+                        (("shutdownTimeout=500ms", "leaderElection.enabled=false", "replicas=1"), 6)):
+        objects = helm_template(*sets)
+        assert find(objects, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == grace, sets
+        assert grace >= shutdown_needs(container(objects)) + 5, sets
+    explicit = helm_template("terminationGracePeriodSeconds=90")
+    assert find(explicit, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 90
+    error = helm_template_error("terminationGracePeriodSeconds=25")
+    assert "terminationGracePeriodSeconds=25 is shorter than the 30s" in error
+    assert "terminationGracePeriodSeconds=40 is shorter than the 45s" in helm_template_error(
+        "terminationGracePeriodSeconds=40", "leaderElection.renewDeadline=25s", "leaderElection.leaseDuration=40s")
+
+
+def test_log_flags_and_shadowed_variables() -> None:
+    c = container(helm_template("logLevel=debug", "logFormat=console"))
+    assert [a for a in c["args"] if a.startswith("--log-")] == ["--log-level=debug", "--log-format=console"]
+    assert {e["name"] for e in c["env"]} == {"MSC_LEADER_ELECT_NAMESPACE", "TMPDIR"}
+    # A variable whose flag the chart passes would be ignored (the flag wins), one the chart sets would be
+    # there twice: both are refused, naming the value to use.
+    error = helm_template_error("env[0].name=MSC_LOG_LEVEL", "env[0].value=debug")
+    assert "env: MSC_LOG_LEVEL would be ignored, the flag --log-level is on the command line" in error
+    assert "--shutdown-timeout" in helm_template_error("env[0].name=MSC_SHUTDOWN_TIMEOUT", "env[0].value=1m")
+    assert "--workers" in helm_template_error("args[0]=--workers=2", "env[0].name=MSC_WORKERS",
+                                              strings=("env[0].value=4",))
+    assert "env: TMPDIR is set by the chart" in helm_template_error("env[0].name=TMPDIR", "env[0].value=/x")
+    assert "listed twice" in helm_template_error("env[0].name=A", "env[0].value=x", "env[1].name=A",
+                                                 "env[1].value=y")
+
+
+def test_extra_volumes_and_metrics_certificate() -> None:
+    objects = helm_template("metrics.certSecret=msc-metrics-tls", "extraVolumes[0].name=ca",
+                            "extraVolumes[0].configMap.name=corp-ca", "extraVolumeMounts[0].name=ca",
+                            "extraVolumeMounts[0].mountPath=/etc/ssl/corp", "extraVolumeMounts[0].readOnly=true")
+    pod = find(objects, "Deployment")["spec"]["template"]["spec"]
+    c = container(objects)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["metrics-certs"] == {"name": "metrics-certs", "secret": {"secretName": "msc-metrics-tls"}}
+    assert volumes["ca"] == {"name": "ca", "configMap": {"name": "corp-ca"}}
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    cert_dir = mounts["metrics-certs"]["mountPath"]
+    assert mounts["metrics-certs"]["readOnly"] is True
+    assert f"--metrics-cert-dir={cert_dir}" in c["args"]
+    assert mounts["ca"] == {"name": "ca", "mountPath": "/etc/ssl/corp", "readOnly": True}
+    assert mounts["tmp"]["mountPath"] == "/tmp"
+    assert restricted_problems(pod) == []
+    assert "metrics.certSecret" in helm_template_error("metrics.certSecret=x", "metrics.secure=false")
+    assert not [a for a in container(helm_template())["args"] if a.startswith("--metrics-cert-dir")]
+
+
+def test_common_labels_on_every_object() -> None:
+    objects = helm_template("commonLabels.team=payments", *MONITORING, api_versions=(VAP_API,),
+                            strings=("commonLabels.cost-center=42",))
+    for o in objects:
+        assert o["metadata"]["labels"]["team"] == "payments", (o["kind"], o["metadata"]["name"])
+        assert o["metadata"]["labels"]["cost-center"] == "42", o["kind"]
+    deployment = find(objects, "Deployment")
+    assert deployment["spec"]["template"]["metadata"]["labels"]["team"] == "payments"
+    assert "team" not in deployment["spec"]["selector"]["matchLabels"], "selectors are immutable: never there"
+    # The chart's own labels cannot be overridden (the selectors and Helm's ownership depend on them).
+    error = helm_template_error("commonLabels.app\\.kubernetes\\.io/instance=x")
+    assert "invalid propertyName 'app.kubernetes.io/instance'" in error, error
+
+
+# ------------------------------------------------------------------------------------- RBAC
+@pytest.mark.parametrize("profile", list(GROUPS))
+def test_aggregated_view_and_edit_roles(profile: str) -> None:
+    objects = helm_template(f"profile={profile}")
+    view, edit = find(objects, "ClusterRole", f"{NAME}-view"), find(objects, "ClusterRole", f"{NAME}-edit")
+    labels = "rbac.authorization.k8s.io/aggregate-to-"
+    assert {k for k, v in view["metadata"]["labels"].items() if k.startswith(labels) and v == "true"} == {
+        f"{labels}view", f"{labels}edit", f"{labels}admin"}
+    assert {k for k, v in edit["metadata"]["labels"].items() if k.startswith(labels) and v == "true"} == {
+        f"{labels}edit", f"{labels}admin"}
+    assert normalize(view["rules"]) == {(GROUPS[profile], "moduledeployments"): frozenset({"get", "list", "watch"})}
+    assert normalize(edit["rules"]) == {(GROUPS[profile], "moduledeployments"): frozenset(
+        {"create", "delete", "deletecollection", "patch", "update"})}
+    off = helm_template("rbac.aggregateClusterRoles=false")
+    names = {o["metadata"]["name"] for o in off if o["kind"] == "ClusterRole"}
+    assert names == {NAME, f"{NAME}-metrics-reader"}
+    namespaced = helm_template("namespaced.enabled=true", "metrics.secure=false")
+    assert not [o for o in namespaced if o["kind"] == "ClusterRole"]
+
+
+@pytest.mark.parametrize("sets", [("metrics.secure=false",), ("metrics.enabled=false",)])
+def test_review_rights_only_for_secure_metrics(sets: tuple[str, ...], default: list[Obj]) -> None:
+    """TokenReview, SubjectAccessReview and the metrics-reader ClusterRole serve secure metrics only."""
+    assert set(normalize(find(default, "ClusterRole", NAME)["rules"])) >= SECURE_RULES
+    assert find(default, "ClusterRole", f"{NAME}-metrics-reader")
+    objects = helm_template(*sets)
+    rules = normalize(find(objects, "ClusterRole", NAME)["rules"])
+    assert not SECURE_RULES & set(rules)
+    assert not [o for o in objects if o["metadata"]["name"].endswith("metrics-reader")]
+    # The rest of the role is unchanged.
+    default_rules = normalize(find(default, "ClusterRole", NAME)["rules"])
+    assert rules == {k: v for k, v in default_rules.items() if k not in SECURE_RULES}
+
+
+# ------------------------------------------------------------------------------------- scraping
+def test_service_monitor_settings() -> None:
+    objects = helm_template("serviceMonitor.enabled=true", "serviceMonitor.scrapeTimeout=10s",
+                            "serviceMonitor.annotations.note=x", "serviceMonitor.relabelings[0].targetLabel=team",
+                            "serviceMonitor.relabelings[0].replacement=payments",
+                            "serviceMonitor.metricRelabelings[0].action=drop",
+                            "serviceMonitor.metricRelabelings[0].sourceLabels[0]=__name__",
+                            "serviceMonitor.metricRelabelings[0].regex=process_.*")
+    monitor = find(objects, "ServiceMonitor")
+    assert monitor["metadata"]["annotations"] == {"note": "x"}
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["scrapeTimeout"] == "10s"
+    assert endpoint["relabelings"] == [{"targetLabel": "team", "replacement": "payments"}]
+    assert endpoint["metricRelabelings"] == [{"action": "drop", "sourceLabels": ["__name__"], "regex": "process_.*"}]
+    assert endpoint["tlsConfig"] == {"insecureSkipVerify": True}
+    # The chart's scraper identity: a token of a ServiceAccount bound to the metrics-reader, nothing more.
+    secret = find(objects, "Secret", f"{NAME}-metrics-scraper-token")
+    assert secret["type"] == "kubernetes.io/service-account-token"
+    assert secret["metadata"]["annotations"] == {"kubernetes.io/service-account.name": f"{NAME}-metrics-scraper"}
+    assert find(objects, "ServiceAccount", f"{NAME}-metrics-scraper")["automountServiceAccountToken"] is False
+    binding = find(objects, "ClusterRoleBinding", f"{NAME}-metrics-scraper")
+    assert binding["roleRef"]["name"] == f"{NAME}-metrics-reader"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": f"{NAME}-metrics-scraper", "namespace": NAMESPACE}]
+    # Credentials of one's own: no scraper objects.
+    own = helm_template("serviceMonitor.enabled=true", "serviceMonitor.authorization.credentials.name=prom-token",
+                        "serviceMonitor.authorization.credentials.key=token")
+    (endpoint,) = find(own, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["authorization"] == {"credentials": {"name": "prom-token", "key": "token"}}
+    assert not [o for o in own if "metrics-scraper" in o["metadata"]["name"]]
+    # Plain metrics: no credentials at all.
+    plain = helm_template("serviceMonitor.enabled=true", "metrics.secure=false")
+    assert not [o for o in plain if "metrics-scraper" in o["metadata"]["name"]]
+
+
+def test_pod_monitor() -> None:
+    """The PodMonitor scrapes the Pods' metrics port and sets the ServiceMonitor's job, which the alerts and
+    the dashboard select (a PodMonitor's own job would be <namespace>/<name>)."""
+    objects = helm_template("podMonitor.enabled=true", "prometheusRule.enabled=true", "dashboard.enabled=true",
+                            "podMonitor.labels.release=kps", "podMonitor.relabelings[0].targetLabel=team",
+                            "podMonitor.relabelings[0].replacement=a", namespace="ops", release="msc")
+    assert "ServiceMonitor" not in kinds(objects)
+    monitor = find(objects, "PodMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "kps"
+    pod_labels = find(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "https"
+    assert endpoint["port"] in {p["name"] for p in container(objects)["ports"]}
+    job = "msc-module-service-controller-metrics"
+    assert endpoint["relabelings"] == [{"action": "replace", "targetLabel": "job", "replacement": job},
+                                       {"targetLabel": "team", "replacement": "a"}]
+    assert endpoint["authorization"]["credentials"]["name"] == "msc-module-service-controller-metrics-scraper-token"
+    for _, _, matchers in alert_selectors(find(objects, "PrometheusRule")):
+        assert (matchers["job"], matchers["namespace"]) == (job, "ops")
+    assert "choose one" in helm_template_error("podMonitor.enabled=true", "serviceMonitor.enabled=true")
+
+
+# ------------------------------------------------------------------------------------- names and labels
+def test_chart_label_with_build_metadata(tmp_path: Path) -> None:
+    """SemVer build metadata (0.1.0+build.7) has a "+", which no label value may hold."""
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    text = (chart / "Chart.yaml").read_text(encoding="utf-8")
+    (chart / "Chart.yaml").write_text(text.replace("\nversion: 0.1.0\n", "\nversion: 0.1.0+build.7\n"),
+                                      encoding="utf-8")
+    proc = helm_run("template", NAME, str(chart), "--namespace", NAMESPACE, "--api-versions", VAP_API)
+    assert proc.returncode == 0, proc.stderr
+    objects = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    assert find(objects, "CustomResourceDefinition")
+    for o in objects:
+        assert o["metadata"]["labels"]["helm.sh/chart"] == "module-service-controller-0.1.0_build.7", o["kind"]
+        for value in o["metadata"]["labels"].values():
+            assert re.fullmatch(r"([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]?", value), (o["kind"], value)
+
+
+def test_metrics_service_name_fits_with_a_long_release() -> None:
+    """A Service name is a DNS-1035 label (63 characters): "-metrics" is added before the cut."""
+    release = "r" * 53  # Helm's longest release name
+    objects = helm_template("serviceMonitor.enabled=true", "prometheusRule.enabled=true", release=release)
+    service = metrics_service(objects)
+    name = service["metadata"]["name"]
+    assert len(name) <= 63
+    assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name), name
+    assert name.startswith(release)
+    # The alerts select that name as the job.
+    for _, _, matchers in alert_selectors(find(objects, "PrometheusRule")):
+        assert matchers["job"] == name
+
+
+# ------------------------------------------------------------------------------------- schema
+# (--set, a fragment the error must contain)
+CLOSED_SHAPES = [
+    ("resources.request.cpu=1", "additional properties 'request' not allowed"),
+    ("resources.requests.cpu=lots", "at '/resources/requests/cpu'"),
+    ("resources.limits.memory=1Gb", "at '/resources/limits/memory'"),
+    ("env[0].value=x", "missing property 'name'"),
+    ("env[0].name=A,env[0].valeu=x", "additional properties 'valeu' not allowed"),
+    ("env[0].name=A,env[0].valueFrom.secretKeyRef.name=s", "missing property 'key'"),
+    ("env[0].name=A,env[0].valueFrom.fieldRef.fieldPath=metadata.name,env[0].valueFrom.secretKeyRef.key=k",
+     "at '/env/0/valueFrom'"),
+    ("env[0].name=A,env[0].value=x,env[0].valueFrom.fieldRef.fieldPath=metadata.name", "at '/env/0'"),
+    ("extraVolumeMounts[0].name=a", "missing property 'mountPath'"),
+    ("podSecurityContext.runAsUsr=1", "additional properties 'runAsUsr' not allowed"),
+    ("logLevel=trace", "at '/logLevel'"),
+    ("terminationGracePeriodSeconds=-1", "at '/terminationGracePeriodSeconds'"),
+    ("serviceMonitor.authorization.type=Basic,serviceMonitor.authorization.credentials.name=s,"
+     "serviceMonitor.authorization.credentials.key=k", "at '/serviceMonitor/authorization/type'"),
+]
+
+
+@pytest.mark.parametrize(("value", "message"), CLOSED_SHAPES, ids=[v for v, _ in CLOSED_SHAPES])
+def test_schema_closes_upstream_shapes(value: str, message: str) -> None:
+    error = helm_template_error(*value.split(","))
+    assert "values don't meet the specifications of the schema" in error, error
+    assert message in error, error
+
+
+def test_schema_accepts_upstream_shapes() -> None:
+    objects = helm_template("env[0].name=A", "env[1].name=B", "env[2].name=C", "env[2].valueFrom.secretKeyRef.name=s",
+                            "env[2].valueFrom.secretKeyRef.key=k", "env[3].name=D",
+                            "env[3].valueFrom.resourceFieldRef.resource=limits.memory",
+                            "resources.requests.cpu=0.5", "resources.limits.memory=512Mi",
+                            "resources.requests.ephemeral-storage=1Gi", strings=("env[1].value=1",))
+    c = container(objects)
+    assert c["env"][2:] == [{"name": "A"}, {"name": "B", "value": "1"},
+                            {"name": "C", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+                            {"name": "D", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory"}}}]
+    assert c["resources"]["requests"] == {"cpu": "0.5", "memory": "128Mi", "ephemeral-storage": "1Gi"}

@@ -1,8 +1,8 @@
 """The kustomize layout, rendered with the pinned kubectl: a default
 install that needs no CRD and no Prometheus Operator, the CRD on its own, monitoring opt-in, the profile
 variants and the namespaced variant; and no variant that `kubectl delete -k` could take a CRD or a
-ModuleDeployment away with. In every documented composition the deletion guard protects the profile's
-group (none in namespaced mode) and the Lease in the args is the one the leader-election Role allows."""
+ModuleDeployment away with. The guard's policy, and installs side by side. Every composition that
+docs/install.md documents is rendered by tests/render/test_compositions.py."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from tests.render.common import (
     GROUPS,
     GUARD_KINDS,
     MANIFESTS,
-    MODULE_CONTROLLER_USERS,
     NAME,
     NAMESPACE,
     ROOT,
@@ -27,7 +26,6 @@ from tests.render.common import (
     find,
     guard,
     guard_group,
-    guard_users,
     kinds,
     kustomize,
     lease_name,
@@ -35,9 +33,14 @@ from tests.render.common import (
     normalize,
 )
 
-DEFAULT_KINDS = sorted(["Namespace", "ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRoleBinding", "Role",
-                        "RoleBinding", "Deployment", "PodDisruptionBudget", "Service", *GUARD_KINDS])
+# The controller's, the metrics-reader and the aggregated view and edit ClusterRoles.
+DEFAULT_KINDS = sorted(["Namespace", "ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRole", "ClusterRole",
+                        "ClusterRoleBinding", "Role", "RoleBinding", "Deployment", "PodDisruptionBudget", "Service",
+                        *GUARD_KINDS])
 MONITORING_KINDS = ["ConfigMap", "PrometheusRule", "ServiceMonitor"]
+# The identity the ServiceMonitor scrapes secure metrics with.
+SCRAPER = [("ServiceAccount", f"{NAME}-metrics-scraper"), ("Secret", f"{NAME}-metrics-scraper-token"),
+           ("ClusterRoleBinding", f"{NAME}-metrics-scraper")]
 # Everything a user runs `kubectl delete -k` on.
 UNINSTALLABLE = ["", "variants/monitoring", "variants/koupleless", "variants/sofa-serverless", "variants/namespaced"]
 SECURE_ONLY = {("authentication.k8s.io", "tokenreviews"), ("authorization.k8s.io", "subjectaccessreviews")}
@@ -91,7 +94,9 @@ def test_no_uninstallable_variant_holds_a_crd_or_module_deployment(directory: st
 
 def test_monitoring_is_opt_in(default: list[Obj]) -> None:
     objects = kustomize(MANIFESTS / "variants" / "monitoring")
-    assert kinds(objects) == sorted(DEFAULT_KINDS + MONITORING_KINDS)
+    assert kinds(objects) == sorted(DEFAULT_KINDS + MONITORING_KINDS + [kind for kind, _ in SCRAPER])
+    for kind, name in SCRAPER:
+        assert find(objects, kind, name)["metadata"]["labels"]["app.kubernetes.io/component"] == "metrics"
     for o in objects:
         assert o["metadata"]["labels"]["app.kubernetes.io/part-of"] == NAME, o["kind"]
         if o["kind"] not in CLUSTER_SCOPED:
@@ -109,7 +114,8 @@ def test_monitoring_is_opt_in(default: list[Obj]) -> None:
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"] == "https"
     # Everything else is the default install, unchanged.
-    same = [o for o in objects if o["kind"] not in MONITORING_KINDS]
+    same = [o for o in objects if o["kind"] not in MONITORING_KINDS
+            and (o["kind"], o["metadata"]["name"]) not in SCRAPER]
     assert sorted(map(json.dumps, same)) == sorted(map(json.dumps, default))
 
 
@@ -156,7 +162,8 @@ def test_namespaced_variant(default: list[Obj]) -> None:
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE}]
     c = container(objects)
     assert c["args"] == ["--leader-elect", f"--leader-elect-name={NAME}-seed", "--metrics-bind-address=:8080",
-                         "--health-probe-bind-address=:8081", "--namespace=$(POD_NAMESPACE)"]
+                         "--health-probe-bind-address=:8081", "--shutdown-timeout=20s", "--log-level=info",
+                         "--log-format=json", "--namespace=$(POD_NAMESPACE)"]
     env = {e["name"]: e for e in c["env"]}
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     # Kubernetes expands $(VAR) only from variables defined before use: POD_NAMESPACE is defined.
@@ -187,10 +194,12 @@ def _kustomization(directory: Path) -> Obj:
     return data
 
 
-@pytest.mark.parametrize("directory", ["crd", "rbac", "manager", "prometheus", "samples", "namespaced", "guard"])
+@pytest.mark.parametrize("directory", ["crd", "rbac", "manager", "prometheus", "samples", "namespaced", "guard",
+                                       "plain-metrics", "no-guard", "no-aggregated-roles"])
 def test_kustomizations_list_every_file(directory: str) -> None:
     path = MANIFESTS / directory
-    listed = set(_kustomization(path).get("resources", []))
+    kustomization = _kustomization(path)
+    listed = set(kustomization.get("resources", [])) | set(kustomization.get("configurations", []))
     present = {p.name for p in path.glob("*.yaml")} - {"kustomization.yaml"}
     assert listed == present
 
@@ -221,53 +230,6 @@ def _overlay(tmp_path: Path, resources: list[str], components: list[str], **extr
         "resources": [str(rel / r) for r in resources], "components": [str(rel / c) for c in components], **extra,
     }))
     return kustomize(tmp_path)
-
-
-# (id, resources, components, overlay fields, profile, guard expected): every composition the README and
-# the kustomization comments document.
-COMPOSITIONS: list[tuple[str, list[str], list[str], dict[str, object], str, bool]] = [
-    ("default", ["."], [], {}, "seed", True),
-    ("koupleless", ["variants/koupleless"], [], {}, "koupleless", True),
-    ("sofa-serverless", ["variants/sofa-serverless"], [], {}, "sofa-serverless", True),
-    ("monitoring", ["variants/monitoring"], [], {}, "seed", True),
-    ("namespaced", ["variants/namespaced"], [], {}, "seed", False),
-    ("namespaced-koupleless-overlay", ["variants/namespaced"], ["profiles/koupleless"], {"namespace": "team-a"},
-     "koupleless", False),
-    ("namespaced-monitoring", ["base"], ["prometheus", "namespaced"], {"namespace": "team-a"}, "seed", False),
-    ("koupleless-monitoring-image", ["variants/koupleless"], ["prometheus"],
-     {"images": [{"name": NAME, "newName": "registry.example.com/msc", "newTag": "0.1.0"}]}, "koupleless", True),
-    ("koupleless-no-guard", ["variants/koupleless"], ["no-guard"], {}, "koupleless", False),
-    ("sofa-serverless-no-guard", ["variants/sofa-serverless"], ["no-guard"], {}, "sofa-serverless", False),
-    ("default-no-guard", ["."], ["no-guard"], {}, "seed", False),
-]
-
-
-@pytest.mark.parametrize(("resources", "components", "extra", "profile", "guarded"),
-                         [c[1:] for c in COMPOSITIONS], ids=[c[0] for c in COMPOSITIONS])
-def test_guard_and_lease_follow_the_profile(tmp_path: Path, resources: list[str], components: list[str],
-                                            extra: dict[str, object], profile: str, guarded: bool) -> None:
-    objects = _overlay(tmp_path, resources, components, **extra)
-    found = guard(objects)
-    if guarded:
-        assert found is not None, "the guard is part of every cluster-wide install"
-        policy, binding = found
-        assert guard_group(policy) == GROUPS[profile]
-        assert guard_users(policy) == MODULE_CONTROLLER_USERS
-        assert policy["metadata"]["name"] == f"{NAME}-guard"
-        assert binding["spec"]["validationActions"] == ["Deny"]
-        # The group in --profile (the seed's is the controller's default) is the guarded one.
-        profiles = [a.partition("=")[2] for a in _args(objects) if a.startswith("--profile=")]
-        assert profiles == ([] if profile == "seed" else [profile])
-    else:
-        assert found is None
-        assert not set(GUARD_KINDS) & set(kinds(objects))
-    lease = lease_name(objects)
-    assert lease == f"{NAME}-{profile}"
-    # get and update on that Lease only; create (which RBAC cannot restrict by name) on its own.
-    assert lease_role_names(objects) == [[lease], []]
-    role = find(objects, "Role", f"{NAME}-leader-election")
-    assert [(r.get("resourceNames"), r["verbs"]) for r in role["rules"]] == [
-        ([lease], ["get", "update"]), (None, ["create"])]
 
 
 def test_guard_policy(default: list[Obj]) -> None:

@@ -33,10 +33,12 @@ EXPECTED_RULES: dict[tuple[str, str], set[str]] = {
 }
 
 
+# Kustomize configuration files (transformer configurations), not objects.
+CONFIGURATIONS = {"variable_references.yaml"}
+
+
 def _yaml_files() -> list[Path]:
-    # namespaced/ re-states the controller's rules as a Role: tests/render/test_kustomize.py checks it
-    # against the ClusterRole here.
-    return sorted(p for p in MANIFESTS.rglob("*.yaml") if p.is_file() and "namespaced" not in p.parts)
+    return sorted(p for p in MANIFESTS.rglob("*.yaml") if p.is_file() and p.name not in CONFIGURATIONS)
 
 
 def _load_all() -> list[tuple[Path, Obj]]:
@@ -93,8 +95,13 @@ def test_cluster_role_is_exactly_least_privilege(objects: list[Obj]) -> None:
     assert _normalize(role["rules"]) == EXPECTED_RULES
 
 
+def _aggregated(o: Obj) -> bool:
+    """A ClusterRole for people (aggregated into view, edit and admin), not for the controller."""
+    return any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in o["metadata"].get("labels", {}))
+
+
 def test_no_wildcards_secrets_pod_deletes_or_spec_writes(objects: list[Obj]) -> None:
-    for owner, rule in _rbac_rules(objects):
+    for owner, rule in _rbac_rules([o for o in objects if not _aggregated(o)]):
         for key in ("apiGroups", "resources", "verbs", "nonResourceURLs", "resourceNames"):
             assert "*" not in rule.get(key, []), f"{owner}: wildcard in {key}"
         resources = set(rule.get("resources", []))
@@ -142,6 +149,22 @@ def test_leader_election_role_is_namespaced(objects: list[Obj]) -> None:
             assert owner == f"Role/{role['metadata']['name']}"
 
 
+def test_aggregated_roles_for_people(objects: list[Obj]) -> None:
+    """Users of the built-in view/edit/admin roles may read (view) and write (edit, admin) ModuleDeployments;
+    nothing else, and only on the install's group."""
+    roles = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ClusterRole" and _aggregated(o)}
+    assert set(roles) == {f"{NAME}-view", f"{NAME}-edit"}
+    prefix = "rbac.authorization.k8s.io/aggregate-to-"
+    view, edit = roles[f"{NAME}-view"], roles[f"{NAME}-edit"]
+    assert {k.removeprefix(prefix) for k, v in view["metadata"]["labels"].items()
+            if k.startswith(prefix) and v == "true"} == {"view", "edit", "admin"}
+    assert {k.removeprefix(prefix) for k, v in edit["metadata"]["labels"].items()
+            if k.startswith(prefix) and v == "true"} == {"edit", "admin"}
+    assert _normalize(view["rules"]) == {(GROUP, "moduledeployments"): {"get", "list", "watch"}}
+    assert _normalize(edit["rules"]) == {
+        (GROUP, "moduledeployments"): {"create", "delete", "deletecollection", "patch", "update"}}
+
+
 def test_metrics_reader_role(objects: list[Obj]) -> None:
     readers = [o for o in objects if o["kind"] == "ClusterRole" and o["metadata"]["name"].endswith("metrics-reader")]
     assert len(readers) == 1
@@ -170,7 +193,12 @@ def test_deployment_shape(deployment: Obj, container: Obj) -> None:
     assert spec["replicas"] == 3
     pod = spec["template"]["spec"]
     assert pod["serviceAccountName"] == NAME
-    assert pod["terminationGracePeriodSeconds"] == 30
+    # SIGTERM: the drain (--shutdown-timeout) and the Lease release (bounded by the renew deadline, 10 s by
+    # default) must fit in the grace period, with room for the exit.
+    shutdown = [a.partition("=")[2] for a in container["args"] if a.startswith("--shutdown-timeout=")]
+    assert shutdown == ["20s"]
+    assert not [a for a in container["args"] if a.startswith("--leader-elect-renew-deadline")]
+    assert pod["terminationGracePeriodSeconds"] >= 20 + 10 + 5
     labels = spec["template"]["metadata"]["labels"]
     assert spec["selector"]["matchLabels"].items() <= labels.items()
     assert container["image"] == f"{NAME}:0.1.0"
@@ -183,8 +211,12 @@ def test_deployment_args(container: Obj) -> None:
     assert "--metrics-secure" in args
     assert "--metrics-bind-address=:8443" in args
     assert "--health-probe-bind-address=:8081" in args
+    assert "--log-level=info" in args
+    assert "--log-format=json" in args
     env = {e["name"]: e for e in container.get("env", [])}
     assert env["MSC_LEADER_ELECT_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    # Settings are flags, not variables a flag would shadow.
+    assert set(env) == {"MSC_LEADER_ELECT_NAMESPACE", "TMPDIR"}
 
 
 def test_deployment_probes_and_ports(container: Obj) -> None:
@@ -273,8 +305,22 @@ def test_metrics_service_and_service_monitor(objects: list[Obj], deployment: Obj
     assert endpoint["port"] == "https"
     assert endpoint["scheme"] == "https"
     assert endpoint["path"] == "/metrics"
-    assert endpoint["bearerTokenFile"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    # `authorization` from a Secret (bearerTokenFile is deprecated, and refused where Prometheus denies file
+    # access to ServiceMonitors): the token of a ServiceAccount that may read /metrics and nothing else.
+    assert "bearerTokenFile" not in endpoint
+    credentials = endpoint["authorization"]["credentials"]
+    assert endpoint["authorization"]["type"] == "Bearer"
     assert endpoint["tlsConfig"]["insecureSkipVerify"] is True
+    secret = _find(objects, "Secret", credentials["name"])
+    assert secret["type"] == "kubernetes.io/service-account-token"
+    assert credentials["key"] == "token"
+    scraper = _find(objects, "ServiceAccount", secret["metadata"]["annotations"]["kubernetes.io/service-account.name"])
+    assert secret["metadata"]["namespace"] == scraper["metadata"]["namespace"] == monitor["metadata"]["namespace"]
+    binding = _find(objects, "ClusterRoleBinding", scraper["metadata"]["name"])
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": f"{NAME}-metrics-reader"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": scraper["metadata"]["name"],
+                                    "namespace": NAMESPACE}]
 
     rule = _find(objects, "PrometheusRule", NAME)
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
@@ -336,7 +382,8 @@ def test_crd_is_referenced() -> None:
 @pytest.mark.parametrize("directory", ["rbac", "manager", "prometheus", "samples", "guard"])
 def test_kustomizations_list_every_file(directory: str) -> None:
     path = MANIFESTS / directory
-    listed = set(_kustomization(path)["resources"])
+    kustomization = _kustomization(path)
+    listed = set(kustomization["resources"]) | set(kustomization.get("configurations", []))
     present = {p.name for p in path.glob("*.yaml")} - {"kustomization.yaml"}
     assert listed == present
 

@@ -29,6 +29,7 @@ ALERTS_TEST = OBS / "alerts_test.yaml"
 RUNBOOK = OBS / "runbook.md"
 RENDER = OBS / "render_prometheusrule.py"
 PROMETHEUS_RULE = ROOT / "manifests" / "prometheus" / "prometheusrule.yaml"
+KUSTOMIZE_DASHBOARD = ROOT / "manifests" / "prometheus" / "grafana-dashboard.json"
 
 RUNBOOK_URL = "https://github.com/koupleless/module-service-controller/blob/main/observability/runbook.md"
 
@@ -406,13 +407,36 @@ def test_every_alert_has_labels_annotations_and_a_runbook_section(alerts: dict[s
         assert anchor == name.lower(), name
 
 
-def test_prometheusrule_in_sync_with_alerts(alerts: dict[str, Any]) -> None:
+# The kustomize component's copies select these variables, which kustomize resolves to the metrics Service's
+# final name and namespace (manifests/prometheus/kustomization.yaml; tests/render checks the resolution).
+KUSTOMIZE_VARIABLES = {"$(MSC_METRICS_JOB)": "module-service-controller-metrics",
+                       "$(MSC_METRICS_NAMESPACE)": "module-service-system"}
+
+
+def _resolve(text: str) -> str:
+    for variable, value in KUSTOMIZE_VARIABLES.items():
+        text = text.replace(variable, value)
+    return text
+
+
+def test_prometheusrule_in_sync_with_alerts(alerts: dict[str, Any], dashboard: dict[str, Any]) -> None:
     result = subprocess.run([sys.executable, str(RENDER), "--check"], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
-    rule = yaml.safe_load(PROMETHEUS_RULE.read_text(encoding="utf-8"))
+    text = PROMETHEUS_RULE.read_text(encoding="utf-8")
+    rule = yaml.safe_load(text)
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
     assert rule["kind"] == "PrometheusRule"
-    assert rule["spec"]["groups"] == alerts["groups"]
+    # Every selector takes the job and the namespace from kustomize, none is left at a default.
+    selector = 'job="$(MSC_METRICS_JOB)", namespace="$(MSC_METRICS_NAMESPACE)"'
+    for group in rule["spec"]["groups"]:
+        for r in group["rules"]:
+            for metric, matchers in _MATCHERS.findall(r["expr"]):
+                assert selector in matchers, (r["alert"], metric)
+            assert "module-service-system" not in r["expr"], r["alert"]
+    assert yaml.safe_load(_resolve(text))["spec"]["groups"] == alerts["groups"]
+    board = KUSTOMIZE_DASHBOARD.read_text(encoding="utf-8")
+    assert "$(MSC_METRICS_JOB)" in board
+    assert json.loads(_resolve(board)) == dashboard
 
 
 _PROMTOOL = shutil.which("promtool")
