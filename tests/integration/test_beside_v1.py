@@ -7,10 +7,10 @@ emulator of tests/koupleless_v1, as V1.0.0's ServiceAccount), on the Koupleless 
 4. the module retired: its Service gone for good;
 5. three installs (seed, koupleless, sofa-serverless), two of them with their upstream module-controller.
 
-The ModuleDeployments have a base Deployment (V1.0.0 only adds its finalizers, and so only reconciles a
-terminating ModuleDeployment, once it owns it through one) and metadata.labels (V1.0.0 panics without
-them). Who wrote which Service, and when, comes from the API server's audit log. Run with ``-s`` to see the
-figures.
+The ModuleDeployments have a base Deployment (V1.0.0 adds its finalizers only after it made the base
+their owner; without them a deleted ModuleDeployment is gone at once and V1.0.0 never deletes the
+Service) and metadata.labels (V1.0.0 panics without them). Who wrote which Service, and when, comes from
+the API server's audit log. Run with ``-s`` to see the figures.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 import anyio
 import pytest
@@ -116,7 +116,7 @@ def writes_of(cp: ControlPlane, ns: str, name: str = SERVICE) -> list[ServiceWri
 
 def seconds(stamp: str) -> float:
     """An audit timestamp (RFC 3339, microseconds, Z) as seconds."""
-    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").timestamp()
+    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 
 def short(username: str) -> str:
