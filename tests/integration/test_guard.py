@@ -10,7 +10,7 @@ through impersonation, with a Role that lets it delete Services in that namespac
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 
 import pytest
@@ -43,10 +43,13 @@ async def acting_as(kubeconfig: str, user: str) -> AsyncIterator[KubeClient]:
         yield client
 
 
-def guard_objects(namespace: str, user: str, release: str) -> list[JsonObj]:
-    """The chart's guard for the koupleless profile with ``user`` as its only user, bound in ``namespace`` only."""
-    objects = [o for o in helm_template("profile=koupleless", f"guard.users[0]={user}", release=release,
-                                        api_versions=(VAP_API,)) if o["kind"] in GUARD_KINDS]
+def guard_objects(namespace: str, user: str | Sequence[str], release: str, *,
+                  profile: str = "koupleless") -> list[JsonObj]:
+    """The chart's guard for ``profile`` with ``user`` (one, or a list) as its only users, bound in
+    ``namespace`` only."""
+    users = [user] if isinstance(user, str) else list(user)
+    sets = [f"profile={profile}", *(f"guard.users[{i}]={u}" for i, u in enumerate(users))]
+    objects = [o for o in helm_template(*sets, release=release, api_versions=(VAP_API,)) if o["kind"] in GUARD_KINDS]
     assert sorted(o["kind"] for o in objects) == GUARD_KINDS
     binding = next(o for o in objects if o["kind"] == "ValidatingAdmissionPolicyBinding")
     binding["spec"]["matchResources"] = {

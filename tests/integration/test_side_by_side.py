@@ -9,6 +9,7 @@ claim about the cluster, not about the controllers' bookkeeping.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from contextlib import AsyncExitStack
 
 import pytest
@@ -34,21 +35,29 @@ def user(profile: Profile) -> str:
     return f"msc-{profile.name}"
 
 
-def foreign_writes(writes: list[ServiceWrite], users: set[str]) -> list[str]:
+def foreign_writes(writes: list[ServiceWrite], users: Collection[str], *, installs: Mapping[str, str] | None = None,
+                   refused_ok: Collection[str] = ()) -> list[str]:
     """Writes by one install to a Service another install created (and nobody has deleted since).
 
     A Service's owner is the install whose create made it; a successful delete (by its owner, or by the
     garbage collector after the last owner went) ends it. A create that meets AlreadyExists writes nothing.
+    ``installs`` maps a user to its install (default: every user is an install of its own), so that this
+    controller and the module-controller serving the same API group count as one. A write by a user in
+    ``refused_ok`` that the API server refused changed nothing and is not counted either: Koupleless'
+    module-controller deletes by name whatever the owner, and the deletion guard refusing it is the point.
     """
+    def install(user: str) -> str:
+        return (installs or {}).get(user, user)
+
     owner: dict[str, str] = {}
     bad: list[str] = []
     for w in writes:
         current = owner.get(w.name)
-        if w.user in users and current is not None and current != w.user and not (
-                w.verb == "create" and not w.succeeded):
+        if w.user in users and current is not None and current != install(w.user) and not (
+                w.verb == "create" and not w.succeeded) and not (w.user in refused_ok and not w.succeeded):
             bad.append(f"{w.user} {w.verb} {w.name} ({w.code}) owned by {current}")
         if w.verb == "create" and w.succeeded:
-            owner[w.name] = w.user
+            owner[w.name] = install(w.user)
         elif w.verb == "delete" and w.succeeded:
             owner.pop(w.name, None)
     return bad
@@ -135,3 +144,23 @@ def test_foreign_writes_are_found() -> None:
     ]
     assert foreign_writes(writes, {"msc-seed", "msc-koupleless"}) == [
         "msc-koupleless patch a-service (200) owned by msc-seed"]
+
+
+def test_foreign_writes_by_install() -> None:
+    """An install is every user of one API group: its module-controller's create, then this controller's
+    adoption patch, is one install's; a refused delete by a module-controller is not a write, a successful
+    one is."""
+    installs = {"msc-koupleless": "koupleless.io", "v1": "koupleless.io", "msc-seed": "koupleless.alipay.com"}
+    writes = [
+        ServiceWrite("create", "a-service", "v1", 201, "t1"),
+        ServiceWrite("patch", "a-service", "msc-koupleless", 200, "t2"),
+        ServiceWrite("create", "b-service", "msc-seed", 201, "t3"),
+        ServiceWrite("delete", "b-service", "v1", 403, "t4"),
+        ServiceWrite("delete", "b-service", "v1", 200, "t5"),
+    ]
+    users = set(installs)
+    assert foreign_writes(writes, users, installs=installs, refused_ok={"v1"}) == [
+        "v1 delete b-service (200) owned by koupleless.alipay.com"]
+    assert foreign_writes(writes, users, installs=installs) == [
+        "v1 delete b-service (403) owned by koupleless.alipay.com",
+        "v1 delete b-service (200) owned by koupleless.alipay.com"]
