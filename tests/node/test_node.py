@@ -42,7 +42,8 @@ SYSTEM_NS = "module-service-system"
 APP = "module-service-controller"
 SELECTOR = "app.kubernetes.io/name=module-service-controller,app.kubernetes.io/component=controller"
 # The default install's Lease: module-service-controller-<profile>.
-LEASE = f"/apis/coordination.k8s.io/v1/namespaces/{SYSTEM_NS}/leases/{APP}-seed"
+LEASE_NAME = f"{APP}-seed"  # the default install's Lease: one per install and profile
+LEASE = f"/apis/coordination.k8s.io/v1/namespaces/{SYSTEM_NS}/leases/{LEASE_NAME}"
 MD_API = "/apis/koupleless.alipay.com/v1alpha1"
 LEASE_SECONDS = 15  # the controller's default lease duration
 
@@ -169,7 +170,7 @@ def scrape(port: int, token: str | None) -> tuple[int, str]:
 
 def master_status(text: str) -> float | None:
     for line in text.splitlines():
-        if line.startswith("leader_election_master_status{") and f'name="{APP}"' in line:
+        if line.startswith("leader_election_master_status{") and f'name="{LEASE_NAME}"' in line:
             return float(line.rsplit(" ", 1)[1])
     return None
 
