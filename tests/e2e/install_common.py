@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -26,6 +25,7 @@ from typing import Any
 
 from controller.runtime.kube.client import JsonObj
 from tests.controlplane import ControlPlane
+from tests.harness import poll
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_CRDS = Path(__file__).resolve().parent / "data" / "prometheus-operator-crds.yaml"
@@ -64,18 +64,6 @@ def kubectl(cp: ControlPlane, *args: str, kubeconfig: Path | None = None, input:
 def ok(proc: subprocess.CompletedProcess[str]) -> str:
     assert proc.returncode == 0, f"{' '.join(proc.args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
-
-
-def poll(fn: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.2) -> Any:
-    """Synchronous wait_for for fixtures and plain tests: polls until ``fn`` returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        last = fn()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
-        time.sleep(interval)
 
 
 def free_port() -> int:

@@ -34,7 +34,6 @@ from tests.e2e.install_common import (
     gone,
     kubectl,
     ok,
-    poll,
     request_token,
     run_tool,
     start_controller,
@@ -53,7 +52,7 @@ from tests.e2e.install_scenarios import (  # collected here, against this module
     test_sample_gets_its_service,
     test_token_carries_only_the_service_account_identity,
 )
-from tests.harness import api_client, module_deployment
+from tests.harness import api_client, module_deployment, poll
 from tests.helm import ensure_helm
 
 pytestmark = pytest.mark.core

@@ -47,7 +47,6 @@ from tests.e2e.install_common import (
     gone,
     kubectl,
     ok,
-    poll,
     request_token,
     start_controller,
 )
@@ -64,7 +63,7 @@ from tests.e2e.install_scenarios import (  # collected here, against this module
     test_sample_gets_its_service,
     test_token_carries_only_the_service_account_identity,
 )
-from tests.harness import api_client, module_deployment, wait_for
+from tests.harness import api_client, module_deployment, poll, wait_for
 
 # The dashboard/alert expressions are read exactly as the static checks read them.
 from tests.unit.test_observability import (

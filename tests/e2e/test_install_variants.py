@@ -36,13 +36,12 @@ from tests.e2e.install_common import (
     kubectl,
     lease_of,
     ok,
-    poll,
     request_token,
     sa_kubeconfig,
     start_controller,
     token_kubeconfig,
 )
-from tests.harness import module_deployment
+from tests.harness import module_deployment, poll
 
 GUARD_POLICY = "validatingadmissionpolicy.admissionregistration.k8s.io"
 

@@ -17,7 +17,6 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,7 +27,7 @@ import yaml
 from controller.moduleservice.desired import FIELD_MANAGER
 from tests.controlplane import ControlPlane
 from tests.controlplane.forward import forwarding
-from tests.harness import SEED_MD, module_deployment
+from tests.harness import SEED_MD, module_deployment, poll
 from tests.node.conftest import NodeCluster
 from tests.node.images import VERSION, image_ref
 from tests.node.node import NODE_NAME
@@ -49,17 +48,6 @@ LEASE_SECONDS = 15  # the controller's default lease duration
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def wait_until(fn: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.5) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        last = fn()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
-        time.sleep(interval)
-
-
 def get(cp: ControlPlane, path: str) -> Any:
     """GET, or None for 404."""
     try:
@@ -105,7 +93,7 @@ def wait_ready_pods(cp: ControlPlane, *, image: str, timeout: float = 300) -> li
         good = [p for p in pods if ready(p) and p["spec"]["containers"][0]["image"] == image]
         return pods if len(good) == 3 == len(pods) else None
 
-    return wait_until(probe, timeout=timeout, what=f"3 Ready Pods of {image}")
+    return poll(probe, timeout=timeout, what=f"3 Ready Pods of {image}")
 
 
 def spec_image(tag: str) -> str:
@@ -251,7 +239,7 @@ def test_three_pods_ready_through_probes_with_one_leader(installed: Install) -> 
         assert (sa_dir / "token").read_text().count(".") == 2  # a JWT
         assert (sa_dir / "namespace").read_text() == SYSTEM_NS
 
-    holder = wait_until(lambda: leader(cp), timeout=60, what="a Lease holder")
+    holder = poll(lambda: leader(cp), timeout=60, what="a Lease holder")
     assert pod_of(holder) in names, (holder, names)
     # Each replica's own view, scraped at its Pod IP: exactly one says it leads.
     statuses = {}
@@ -268,7 +256,7 @@ def test_seed_sample_gets_its_service_from_a_pod(installed: Install) -> None:
     ns = create_namespace(cp, "seed")
     cp.kubectl("apply", "-k", str(MANIFESTS / "samples"), "--namespace", ns, "--server-side")
     md = cp.request(f"{MD_API}/namespaces/{ns}/moduledeployments/{SEED_MD['metadata']['name']}")
-    svc = wait_until(lambda: get(cp, f"/api/v1/namespaces/{ns}/services/dynamic-provider-service"),
+    svc = poll(lambda: get(cp, f"/api/v1/namespaces/{ns}/services/dynamic-provider-service"),
                      timeout=120, what="the seed's Service")
     assert svc["spec"]["selector"] == {"module.koupleless.alipay.com/dynamic-provider": "true"}
     assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(8080, 8080)]
@@ -295,7 +283,7 @@ def test_metrics_through_the_metrics_service_need_the_reader_role(installed: Ins
 def test_eviction_that_would_break_the_pdb_is_refused(installed: Install) -> None:
     cp = installed.cp
     pdb_path = f"/apis/policy/v1/namespaces/{SYSTEM_NS}/poddisruptionbudgets/{APP}"
-    wait_until(lambda: (get(cp, pdb_path) or {}).get("status", {}).get("disruptionsAllowed") == 1,
+    poll(lambda: (get(cp, pdb_path) or {}).get("status", {}).get("disruptionsAllowed") == 1,
                timeout=120, what="the PDB allowing one disruption")
     holder = pod_of(leader(cp))
     first, second = sorted(p["metadata"]["name"] for p in wait_ready_pods(cp, image=spec_image(VERSION))
@@ -316,17 +304,17 @@ def test_eviction_that_would_break_the_pdb_is_refused(installed: Install) -> Non
 def test_deleting_the_leader_pod_hands_over(installed: Install) -> None:
     cp = installed.cp
     wait_ready_pods(cp, image=spec_image(VERSION))
-    old = wait_until(lambda: leader(cp), timeout=60, what="a Lease holder")
+    old = poll(lambda: leader(cp), timeout=60, what="a Lease holder")
     ns = create_namespace(cp, "handover")
     started = time.monotonic()
     cp.request(f"/api/v1/namespaces/{SYSTEM_NS}/pods/{pod_of(old)}", "DELETE")
     # Only once the old leader has let go (it releases the Lease on SIGTERM) is the next object created,
     # so its Service can only come from the new leader.
-    wait_until(lambda: leader(cp) != old, timeout=60, what="the old leader to release the Lease", interval=0.05)
+    poll(lambda: leader(cp) != old, timeout=60, what="the old leader to release the Lease", interval=0.05)
     released = time.monotonic() - started
     cp.request(f"{MD_API}/namespaces/{ns}/moduledeployments", "POST",
                module_deployment("after-handover", "after-handover"))
-    wait_until(lambda: get(cp, f"/api/v1/namespaces/{ns}/services/after-handover-service"),
+    poll(lambda: get(cp, f"/api/v1/namespaces/{ns}/services/after-handover-service"),
                timeout=120, what="the Service from the new leader", interval=0.05)
     handover = time.monotonic() - started
     new = leader(cp)
@@ -389,7 +377,7 @@ def test_rollout_of_a_new_tag_keeps_a_leader_and_loses_no_event(installed: Insta
 
     new_pods = {p["metadata"]["name"] for p in controller_pods(cp)}
     assert not new_pods & old_pods
-    holder = wait_until(lambda: leader(cp), timeout=60, what="a Lease holder after the rollout")
+    holder = poll(lambda: leader(cp), timeout=60, what="a Lease holder after the rollout")
     assert pod_of(holder) in new_pods
     # Leadership moved (the old leader's Pod is gone) and never lapsed for a whole lease duration.
     assert holders & old_pods, holders
@@ -400,6 +388,6 @@ def test_rollout_of_a_new_tag_keeps_a_leader_and_loses_no_event(installed: Insta
                 for s in cp.request(f"/api/v1/namespaces/{ns}/services")["items"]}
         return svcs if svcs == expected else None
 
-    wait_until(converged, timeout=180, what=f"{len(expected)} Services with their last ports")
+    poll(converged, timeout=180, what=f"{len(expected)} Services with their last ports")
     installed.cluster.timings["rollout of a new tag"] = round(rollout, 1)
     print(f"\nrollout: {rollout:.1f}s, {i} MDs created, longest leaderless {longest_leaderless:.2f}s")
