@@ -73,24 +73,41 @@ MEMORY_CONTENDERS = (MSC, CR, CR_PODS, KOPF)
 def baseline() -> Contender | None:
     """This controller from another tree, for a before/after in the same run: ``MSC_BENCH_BASELINE=DIR``
     where DIR holds that tree's ``controller`` package (``git archive <commit> controller | tar -x -C DIR``),
-    run with this venv, first on ``PYTHONPATH``."""
+    run with this venv, first on ``PYTHONPATH``. ``MSC_BENCH_BASELINE_ARGS`` (space-separated flags) are
+    passed to it: the same tree with other flags is a before/after too."""
     root = os.environ.get("MSC_BENCH_BASELINE")
     if not root or not (Path(root) / "controller").is_dir():
         return None
     name = Path(root).name
-    return Contender("msc-baseline", f"this controller at {name}", "msc",
-                     f"module-service-controller from the tree {name} (MSC_BENCH_BASELINE), defaults, the same "
-                     "venv", wrapper=("env", f"PYTHONPATH={Path(root).resolve()}"))
+    args = tuple(os.environ.get("MSC_BENCH_BASELINE_ARGS", "").split())
+    flags = f" {' '.join(args)}" if args else ", defaults"
+    return Contender("msc-baseline", f"this controller at {name}{' ' + ' '.join(args) if args else ''}", "msc",
+                     f"module-service-controller from the tree {name} (MSC_BENCH_BASELINE){flags}, the same "
+                     "venv", args=args, wrapper=("env", f"PYTHONPATH={Path(root).resolve()}"))
+
+
+# ``python -m bench --contenders msc,cr-tuned``: only these (by key) run; None: all. The reference each
+# ratio is taken to (controller-runtime tuned, or tuned caching Pods) always runs.
+SELECTED: frozenset[str] | None = None
+ALL_KEYS = frozenset(c.key for c in (*BURST_CONTENDERS, *MEMORY_CONTENDERS, FLOOR)) | {"msc-baseline"}
+
+
+def _chosen(contenders: tuple[Contender, ...], reference: Contender) -> tuple[Contender, ...]:
+    return tuple(c for c in contenders if SELECTED is None or c.key in SELECTED or c is reference)
+
+
+def floor_selected() -> bool:
+    return SELECTED is None or FLOOR.key in SELECTED
 
 
 def burst_contenders() -> tuple[Contender, ...]:
     extra = baseline()
-    return (MSC, *(() if extra is None else (extra,)), *BURST_CONTENDERS[1:])
+    return _chosen((MSC, *(() if extra is None else (extra,)), *BURST_CONTENDERS[1:]), CR_TUNED)
 
 
 def memory_contenders() -> tuple[Contender, ...]:
     extra = baseline()
-    return (MSC, *(() if extra is None else (extra,)), *MEMORY_CONTENDERS[1:])
+    return _chosen((MSC, *(() if extra is None else (extra,)), *MEMORY_CONTENDERS[1:]), CR_PODS)
 
 
 def build_peers() -> dict[str, Path]:

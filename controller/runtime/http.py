@@ -174,9 +174,13 @@ class MetricsServer(_Server):
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        # ``?name[]=a&name[]=b``: only those families (prometheus_client's own server does the same), so a
+        # frequent poll of one gauge does not pay for every family.
+        names = request.query.getall("name[]", [])
+        registry = self.registry.restricted_registry(names) if names else self.registry
         # Collected on the loop thread: cheap for our few hundred series, and the asyncio task
         # gauge needs the running loop.
-        response = web.Response(body=encoder(self.registry), headers={"Content-Type": content_type})
+        response = web.Response(body=encoder(registry), headers={"Content-Type": content_type})
         response.enable_compression()
         return response
 
