@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, Callable[[Sizes], Awaitable[BenchResult]]] = {
     "failover": failover.run,
     "vs-burst": sidebyside.run_burst,
     "vs-memory": sidebyside.run_memory,
+    "vs-scale": sidebyside.run_scale,
     "caches": caches.run,
 }
 

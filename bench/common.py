@@ -83,6 +83,11 @@ class Sizes:
     vs_memory_mds: int = 10_000
     vs_memory_pods: int = 30_000
     vs_runs: int = 3
+    # Bench 8: while a contender is down, every Nth module Pod is deleted (or created again), so about 3/N of
+    # this controller's statuses are stale when it starts.
+    vs_restart_pod_every: int = 100
+    # Bench 9: a burst of this many, beside one of vs_burst_mds, for the time per ModuleDeployment at scale.
+    vs_scale_mds: int = 10_000
     caches_mds: int = 10_000
     caches_module_pods: int = 30_000
     caches_unrelated_pods: int = 100_000
@@ -99,7 +104,7 @@ SMOKE = Sizes(
     startup_mds=200, startup_runs=2,
     failover_runs=1, failover_mds=10, failover_settings=((4.0, 3.0, 1.0),),
     profile_mds=200,
-    vs_burst_mds=40, vs_memory_mds=60, vs_memory_pods=180, vs_runs=1,
+    vs_burst_mds=40, vs_memory_mds=60, vs_memory_pods=180, vs_runs=1, vs_restart_pod_every=10, vs_scale_mds=200,
     caches_mds=100, caches_module_pods=300, caches_unrelated_pods=1000, caches_unrelated_services=200,
     caches_namespaces=2,
 )

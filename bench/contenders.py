@@ -160,6 +160,13 @@ class Process(Controller):
     def has_metrics(self) -> bool:
         return self.contender.kind != "kopf"
 
+    def log_event_wall(self, event: str) -> float | None:
+        """Unix time of the first structlog line ``event`` of this controller (``caches_synced``, say)."""
+        for line in self.log_lines():
+            if line.get("event") == event:
+                return parse_timestamp(line.get("timestamp"))
+        return None
+
     def first_reconcile_wall(self) -> float | None:
         """Unix time of the first reconcile, from the log: this controller's first ``reconciled`` line (needs
         ``--log-level info``), the peers' ``first_reconcile`` line."""
