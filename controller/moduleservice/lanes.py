@@ -53,12 +53,17 @@ class Lanes:
         self.max_wait = max_wait
         self._stopped = anyio.Event()
         self._seen: dict[ServiceKey, float] = {}  # key -> when a watch first showed it dirty
+        self._services_ready = services_ready
+        self._was_ready = False
+        # A reconcile that found nothing to do is logged at debug: at start-up every key is one.
         self.services: Controller[ServiceKey] = Controller(
             service_lane, reconciler.reconcile, workers=workers, clock=clock, notifier=notifier,
-            ready=services_ready, on_done=self._service_done, metrics=metrics,
-            queue_metrics=queue_metrics(service_lane))
+            ready=self._services_ready_now, on_done=self._service_done, metrics=metrics,
+            queue_metrics=queue_metrics(service_lane), log_idle=False)
+        # As many workers as the Service lane: the status lane waits for it anyway, and after a restart
+        # every key's status is looked at (and the stale ones written) by this lane.
         self.status: Controller[ServiceKey] = Controller(
-            status_lane, status.reconcile, workers=max(1, workers // 2), clock=clock, notifier=notifier,
+            status_lane, status.reconcile, workers=workers, clock=clock, notifier=notifier,
             ready=status_ready, admit=self._yield_to_services, queue_metrics=queue_metrics(status_lane),
             log_event="status_reconciled", log_idle=False)
         # Our own Service write coming back needs no reconcile (the reconciler tells; it hears each Service
@@ -106,6 +111,17 @@ class Lanes:
         self._stopped.set()
         self.services.stop()
         self.status.stop()
+
+    def _services_ready_now(self) -> bool:
+        """The Service lane's gate. Each time it opens (start-up, the CRD back), the keys whose Service is
+        missing go first: a ModuleDeployment created while the process was down (or while its CRD was
+        away) should not wait behind thousands of keys that only need a look."""
+        ready = self._services_ready()
+        if ready and not self._was_ready:
+            moved = self.services.queue.prioritize(lambda key: self._reconciler.service_view(key) is None)
+            log.debug("missing_services_first", keys=moved, queued=len(self.services.queue))
+        self._was_ready = ready
+        return ready
 
     # ------------------------------------------------------------------ between the lanes
     def _service_done(self, done: Done[ServiceKey]) -> None:
