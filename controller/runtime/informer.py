@@ -107,6 +107,7 @@ class Informer:
         stream_lists: bool = False,
         field_selector: str | None = None,
         compact_lists: bool = False,
+        intern: Callable[[JsonObj], None] | None = None,
         on_replaced: Callable[[], None] | None = None,
         clock: Clock = SYSTEM_CLOCK,
         backoff: Backoff | None = None,
@@ -129,6 +130,7 @@ class Informer:
         # The transform returns plain JSON (dicts, lists, strings, numbers, booleans, None), so a list's
         # kept objects may be re-created side by side (see _compacted).
         self.compact_lists = compact_lists
+        self.intern = intern  # interns a transformed object's repeated strings again after compaction
         # Called after every full list has been synced into the store (the first one and each relist):
         # a relist reports only differences, so whoever remembers something the store did not show yet
         # (a write not yet seen, say) must learn that the store is current again.
@@ -332,7 +334,7 @@ class Informer:
             self.client, self.resource.path(self.namespace), self._list_params(), kind=self.resource.kind,
             transform=self.transform, keep=self.keep, on_page=self._turn)
         if self.compact_lists and len(items) >= self.page_size:
-            items = compacted(items)
+            items = compacted(items, self.intern)
         self._replace(items)
         self.resource_version = list_rv
         self._silent_watches = 0
