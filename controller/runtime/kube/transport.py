@@ -66,7 +66,8 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof = True
-        self.error = exc
+        if self.error is None:  # a deadline that dropped the connection stays the reason
+            self.error = exc
         self._wake()
 
     def _wake(self) -> None:
