@@ -126,7 +126,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         common.CONTROLLER_PYTHON, common.CONTROLLER_ENV = runtime.runtime_python()
         other = contenders.baseline()
         if other is not None and common.CONTROLLER_PYTHON is not None:
-            runtime.compile_tree(common.CONTROLLER_PYTHON, Path(other.wrapper[-1].removeprefix("PYTHONPATH=")))
+            tree = Path(other.wrapper[-1].removeprefix("PYTHONPATH="))
+            if (tree / "pyproject.toml").exists():
+                contenders.BASELINE_PYTHON, _ = runtime.runtime_python(tree)
+            else:
+                runtime.compile_tree(common.CONTROLLER_PYTHON, tree)
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:

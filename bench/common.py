@@ -86,7 +86,7 @@ class Sizes:
     # Bench 8: while a contender is down, every Nth module Pod is deleted (or created again), so about 3/N of
     # this controller's statuses are stale when it starts.
     vs_restart_pod_every: int = 100
-    # Bench 9: a burst of this many, beside one of vs_burst_mds, for the time per ModuleDeployment at scale.
+    # Bench 10 (vs-scale): a burst of this many beside one of vs_burst_mds: time per ModuleDeployment at scale.
     vs_scale_mds: int = 10_000
     caches_mds: int = 10_000
     caches_module_pods: int = 30_000
@@ -396,9 +396,10 @@ CONTROLLER_PYTHON: Path | None = None
 CONTROLLER_ENV = "the development venv"
 
 
-def controller_command() -> list[str]:
-    if CONTROLLER_PYTHON is not None:
-        return [str(CONTROLLER_PYTHON), "-m", "controller"]
+def controller_command(python: Path | None = None) -> list[str]:
+    python = python or CONTROLLER_PYTHON
+    if python is not None:
+        return [str(python), "-m", "controller"]
     script = Path(sys.executable).parent / "module-service-controller"
     return [str(script)] if script.exists() else [sys.executable, "-m", "controller"]
 
@@ -453,12 +454,12 @@ class Controller:
     """module-service-controller as a child process with its own metrics and probe ports and a log file."""
 
     def __init__(self, kubeconfig: str, workdir: Path, name: str, *, args: Sequence[str] = (),
-                 log_level: str = "warning", wrapper: Sequence[str] = ()) -> None:
+                 log_level: str = "warning", wrapper: Sequence[str] = (), python: Path | None = None) -> None:
         self.name = name
         self.metrics_port = free_port()
         self.probe_port = free_port()
         self.log_path = workdir / f"{name}.log"
-        self.cmd = [*controller_command(), "--kubeconfig", kubeconfig,
+        self.cmd = [*controller_command(python), "--kubeconfig", kubeconfig,
                     "--metrics-bind-address", f"127.0.0.1:{self.metrics_port}",
                     "--health-probe-bind-address", f"127.0.0.1:{self.probe_port}",
                     "--log-level", log_level, *args, *EXTRA_CONTROLLER_ARGS]

@@ -30,6 +30,7 @@ class Contender:
     args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     wrapper: tuple[str, ...] = ()  # e.g. ("env", "PYTHONPATH=DIR"): this controller from another tree
+    python: Path | None = None  # that tree's own runtime venv, when its dependencies differ
 
 
 MSC = Contender("msc", "this controller", "msc",
@@ -73,8 +74,10 @@ MEMORY_CONTENDERS = (MSC, CR, CR_PODS, KOPF)
 def baseline() -> Contender | None:
     """This controller from another tree, for a before/after in the same run: ``MSC_BENCH_BASELINE=DIR``
     where DIR holds that tree's ``controller`` package (``git archive <commit> controller | tar -x -C DIR``),
-    run with this venv, first on ``PYTHONPATH``. ``MSC_BENCH_BASELINE_ARGS`` (space-separated flags) are
-    passed to it: the same tree with other flags is a before/after too."""
+    run with this venv, first on ``PYTHONPATH``; with that tree's ``pyproject.toml`` beside it (``git archive
+    <commit> controller pyproject.toml``), with a runtime venv of its own dependencies (see
+    ``baseline_python``). ``MSC_BENCH_BASELINE_ARGS`` (space-separated flags) are passed to it: the same tree
+    with other flags is a before/after too."""
     root = os.environ.get("MSC_BENCH_BASELINE")
     if not root or not (Path(root) / "controller").is_dir():
         return None
@@ -82,8 +85,13 @@ def baseline() -> Contender | None:
     args = tuple(os.environ.get("MSC_BENCH_BASELINE_ARGS", "").split())
     flags = f" {' '.join(args)}" if args else ", defaults"
     return Contender("msc-baseline", f"this controller at {name}{' ' + ' '.join(args) if args else ''}", "msc",
-                     f"module-service-controller from the tree {name} (MSC_BENCH_BASELINE){flags}, the same "
-                     "venv", args=args, wrapper=("env", f"PYTHONPATH={Path(root).resolve()}"))
+                     f"module-service-controller from the tree {name} (MSC_BENCH_BASELINE){flags}, "
+                     f"{'its own runtime venv' if BASELINE_PYTHON else 'the same venv'}", args=args,
+                     wrapper=("env", f"PYTHONPATH={Path(root).resolve()}"), python=BASELINE_PYTHON)
+
+
+# Set by __main__ when the baseline tree has a pyproject.toml of its own (bench/runtime.py builds its venv).
+BASELINE_PYTHON: Path | None = None
 
 
 # ``python -m bench --contenders msc,cr-tuned``: only these (by key) run; None: all. The reference each
@@ -133,7 +141,7 @@ class Process(Controller):
         self.contender = contender
         if contender.kind == "msc":
             super().__init__(kubeconfig, workdir, name, args=contender.args, log_level=log_level,
-                             wrapper=contender.wrapper)
+                             wrapper=contender.wrapper, python=contender.python)
             return
         self.name = name
         self.metrics_port = free_port()

@@ -23,8 +23,8 @@ CACHE = Path(os.environ.get("MSC_BENCH_RUNTIME_CACHE",
                             Path.home() / ".cache" / "module-service-controller" / "bench-runtime"))
 
 
-def runtime_dependencies() -> list[str]:
-    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+def runtime_dependencies(root: Path = ROOT) -> list[str]:
+    data = tomllib.loads((root / "pyproject.toml").read_text())
     return list(data["project"]["dependencies"])
 
 
@@ -35,18 +35,18 @@ def compile_tree(python: Path, root: Path = ROOT) -> None:
                    capture_output=True, timeout=300)
 
 
-def runtime_python() -> tuple[Path | None, str]:
-    """A Python with only the runtime dependencies, built once and cached, with this tree's controller
-    compiled; (None, why) if it cannot be built (no registry, say): the caller then runs the controller
-    from the development venv."""
-    python, how = _runtime_venv()
+def runtime_python(root: Path = ROOT) -> tuple[Path | None, str]:
+    """A Python with only the runtime dependencies of ``root``'s pyproject.toml, built once and cached, with
+    ``root``'s controller compiled; (None, why) if it cannot be built (no registry, say): the caller then
+    runs the controller from the development venv."""
+    python, how = _runtime_venv(root)
     if python is not None:
-        compile_tree(python)
+        compile_tree(python, root)
     return python, how
 
 
-def _runtime_venv() -> tuple[Path | None, str]:
-    deps = runtime_dependencies()
+def _runtime_venv(root: Path) -> tuple[Path | None, str]:
+    deps = runtime_dependencies(root)
     version = f"py{sys.version_info.major}.{sys.version_info.minor}"
     key = hashlib.sha256("\n".join([version, *deps]).encode()).hexdigest()[:12]
     venv = CACHE / f"{version}-{key}"

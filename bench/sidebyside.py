@@ -455,7 +455,7 @@ SCALE_TARGET = 1.2  # time per ModuleDeployment in the large burst / in the smal
 
 async def run_scale(sizes: Sizes) -> BenchResult:
     small, large, conc, rounds = sizes.vs_burst_mds, sizes.vs_scale_mds, sizes.burst_concurrency, sizes.vs_runs
-    res = BenchResult("vs-scale", f"9. Side by side, scale: a burst of {large} ModuleDeployments beside one of "
+    res = BenchResult("vs-scale", f"10. Side by side, scale: a burst of {large} ModuleDeployments beside one of "
                                   f"{small}, at concurrency {conc}")
     peers = await anyio.to_thread.run_sync(build_peers)
     contenders = tuple(c for c in burst_contenders() if c.kind == "msc" or c is CR_TUNED)
