@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 import anyio
+import anyio.lowlevel
 import structlog
 from anyio.abc import TaskStatus
 
@@ -39,7 +40,17 @@ from .kube.client import JsonObj, KubeClient
 from .kube.errors import ApiError, Gone, KubeError, TooManyRequests, TransportError, WatchStalled
 from .kube.resources import Resource
 from .listing import LIST_TIMEOUT, list_all
-from .store import EventHandler, Store, apply, compacted, object_key, replace, resource_version, strip_managed_fields
+from .store import (
+    EventHandler,
+    Store,
+    apply,
+    compacted,
+    object_key,
+    replace,
+    replace_steps,
+    resource_version,
+    strip_managed_fields,
+)
 
 __all__ = ["Informer", "InformerMetrics"]
 
@@ -335,7 +346,13 @@ class Informer:
             transform=self.transform, keep=self.keep, on_page=self._turn)
         if self.compact_lists and len(items) >= self.page_size:
             items = compacted(items, self.intern)
-        self._replace(items)
+        # In steps: a list of tens of thousands must not hold up the other informers' handlers and the
+        # workers (a Service lane that could already create a missing Service) until it is all stored.
+        for _ in replace_steps(self.store, items, self.handlers, self._in_scope):
+            await anyio.lowlevel.checkpoint()
+        self.metrics.objects(len(self.store))
+        if self.on_replaced is not None:
+            self.on_replaced()
         self.resource_version = list_rv
         self._silent_watches = 0
         self._alive()
