@@ -357,7 +357,8 @@ async def run_memory(sizes: Sizes) -> BenchResult:
                     for c in contenders}
     rss = {c.key: res.figure(f"RSS once quiet: {c.label}", "MiB", digits=1) for c in contenders}
     empty = {c.key: res.figure(f"RSS at empty start: {c.label}", "MiB", digits=1) for c in contenders}
-    empty[MSC.key].target, empty[MSC.key].bound = f"≤ {EMPTY_RSS_TARGET:g} MiB", ("le", EMPTY_RSS_TARGET)
+    if MSC.key in empty:
+        empty[MSC.key].target, empty[MSC.key].bound = f"≤ {EMPTY_RSS_TARGET:g} MiB", ("le", EMPTY_RSS_TARGET)
     namespaces = [f"{NS}-{i}" for i in range(sizes.memory_namespaces)]
     m_ns, p_ns = m // len(namespaces), p // len(namespaces)
     timeout = 300.0 + m * 0.3

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import anyio.lowlevel
-
 from .kube.client import JsonObj, KubeClient
 from .kube.errors import Gone, TransportError
 
@@ -47,13 +45,11 @@ async def list_all(
         page_items = page.get("items")
         if page_items is None and "metadata" not in page:
             raise TransportError(f"LIST {path}: the response is not a list")
-        for i, raw in enumerate(page_items or (), 1):
+        for raw in page_items or ():
             raw.setdefault("kind", kind)
             obj = transform(raw)
             if keep is None or keep(obj):
                 items.append(obj)
-            if i % 500 == 0:
-                await anyio.lowlevel.checkpoint()  # a page from the watch cache can hold everything
         meta = page.get("metadata") or {}
         list_rv = str(meta.get("resourceVersion") or list_rv)
         token = meta.get("continue")
