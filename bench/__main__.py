@@ -17,7 +17,7 @@ from pathlib import Path
 import anyio
 import orjson
 
-from . import burst, caches, common, failover, idle, latency, memory, sidebyside, startup
+from . import burst, caches, common, contenders, failover, idle, latency, memory, runtime, sidebyside, startup
 from . import profile as profiler
 from .common import FULL, ROOT, SMOKE, BenchResult, Sizes, say, stop_everything
 from .report import Run, load_average, machine_facts, render, to_json
@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, Callable[[Sizes], Awaitable[BenchResult]]] = {
     "failover": failover.run,
     "vs-burst": sidebyside.run_burst,
     "vs-memory": sidebyside.run_memory,
+    "vs-scale": sidebyside.run_scale,
     "caches": caches.run,
 }
 
@@ -104,12 +105,32 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="profile a burst with py-spy (default: on for full runs when py-spy is installed)")
     parser.add_argument("--controller-arg", action="append", default=[], metavar="FLAG",
                         help="extra flag for every controller started, e.g. --controller-arg=--workers=16")
+    parser.add_argument("--contenders", default="",
+                        help="side by side: only these contenders (comma-separated keys: "
+                             f"{','.join(sorted(contenders.ALL_KEYS))}); the reference of the ratios always runs")
+    parser.add_argument("--controller-env", choices=("runtime", "dev"), default="runtime",
+                        help="run the controller from a venv with only its runtime dependencies, as in the image "
+                             "(default; built once, see bench/runtime.py), or from this development venv")
     parser.add_argument("--max-load", type=float, default=None,
                         help="wait until the 1-minute load average is at most this (default 1.5 for full runs)")
     parser.add_argument("--max-load-wait", type=float, default=1200.0, help="give up waiting after this many seconds")
     args = parser.parse_args(argv)
 
     common.EXTRA_CONTROLLER_ARGS[:] = args.controller_arg
+    if args.contenders:
+        chosen = frozenset(k.strip() for k in args.contenders.split(",") if k.strip())
+        if chosen - contenders.ALL_KEYS:
+            parser.error(f"unknown contender(s) {sorted(chosen - contenders.ALL_KEYS)}")
+        contenders.SELECTED = chosen
+    if args.controller_env == "runtime":
+        common.CONTROLLER_PYTHON, common.CONTROLLER_ENV = runtime.runtime_python()
+        other = contenders.baseline()
+        if other is not None and common.CONTROLLER_PYTHON is not None:
+            tree = Path(other.wrapper[-1].removeprefix("PYTHONPATH="))
+            if (tree / "pyproject.toml").exists():
+                contenders.BASELINE_PYTHON, _ = runtime.runtime_python(tree)
+            else:
+                runtime.compile_tree(common.CONTROLLER_PYTHON, tree)
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
@@ -126,7 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = Run(command=" ".join(["python -m bench", *argv]), mode="full" if full else "smoke",
               started=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), facts=machine_facts(),
               load_start=load_average(), load_waited=waited)
-    say(f"{run.mode} run of {', '.join(names)}; load average {run.load_start}")
+    run.facts["controller environment"] = common.CONTROLLER_ENV
+    say(f"{run.mode} run of {', '.join(names)}; load average {run.load_start}; the controller runs from "
+        f"{common.CONTROLLER_ENV}")
     # SIGTERM (CI timeouts, `timeout`) unwinds like Ctrl-C; whatever is still running is then stopped.
     signal.signal(signal.SIGTERM, _terminate)
     try:

@@ -83,6 +83,11 @@ class Sizes:
     vs_memory_mds: int = 10_000
     vs_memory_pods: int = 30_000
     vs_runs: int = 3
+    # Bench 8: while a contender is down, every Nth module Pod is deleted (or created again), so about 3/N of
+    # this controller's statuses are stale when it starts.
+    vs_restart_pod_every: int = 100
+    # Bench 10 (vs-scale): a burst of this many beside one of vs_burst_mds: time per ModuleDeployment at scale.
+    vs_scale_mds: int = 10_000
     caches_mds: int = 10_000
     caches_module_pods: int = 30_000
     caches_unrelated_pods: int = 100_000
@@ -99,7 +104,7 @@ SMOKE = Sizes(
     startup_mds=200, startup_runs=2,
     failover_runs=1, failover_mds=10, failover_settings=((4.0, 3.0, 1.0),),
     profile_mds=200,
-    vs_burst_mds=40, vs_memory_mds=60, vs_memory_pods=180, vs_runs=1,
+    vs_burst_mds=40, vs_memory_mds=60, vs_memory_pods=180, vs_runs=1, vs_restart_pod_every=10, vs_scale_mds=200,
     caches_mds=100, caches_module_pods=300, caches_unrelated_pods=1000, caches_unrelated_services=200,
     caches_namespaces=2,
 )
@@ -385,9 +390,30 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def controller_command() -> list[str]:
+# The Python the controller runs with (bench/runtime.py: only the runtime dependencies, as in the image), and
+# what to call it in the report; None: this venv's console script.
+CONTROLLER_PYTHON: Path | None = None
+CONTROLLER_ENV = "the development venv"
+
+
+def controller_command(python: Path | None = None) -> list[str]:
+    python = python or CONTROLLER_PYTHON
+    if python is not None:
+        return [str(python), "-m", "controller"]
     script = Path(sys.executable).parent / "module-service-controller"
     return [str(script)] if script.exists() else [sys.executable, "-m", "controller"]
+
+
+def controller_env() -> dict[str, str]:
+    """The controller's environment: ours without MSC_ variables; with the runtime venv, this tree's source
+    first on PYTHONPATH (a wrapper such as ``env PYTHONPATH=DIR`` still overrides it)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MSC_")}
+    if CONTROLLER_PYTHON is not None:
+        env["PYTHONPATH"] = str(ROOT)
+        # The image's bytecode is compiled at install time; a tree edited since must not recompile at
+        # every start either.
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
 
 
 Samples = list[tuple[str, dict[str, str], float]]
@@ -428,16 +454,16 @@ class Controller:
     """module-service-controller as a child process with its own metrics and probe ports and a log file."""
 
     def __init__(self, kubeconfig: str, workdir: Path, name: str, *, args: Sequence[str] = (),
-                 log_level: str = "warning", wrapper: Sequence[str] = ()) -> None:
+                 log_level: str = "warning", wrapper: Sequence[str] = (), python: Path | None = None) -> None:
         self.name = name
         self.metrics_port = free_port()
         self.probe_port = free_port()
         self.log_path = workdir / f"{name}.log"
-        self.cmd = [*controller_command(), "--kubeconfig", kubeconfig,
+        self.cmd = [*controller_command(python), "--kubeconfig", kubeconfig,
                     "--metrics-bind-address", f"127.0.0.1:{self.metrics_port}",
                     "--health-probe-bind-address", f"127.0.0.1:{self.probe_port}",
                     "--log-level", log_level, *args, *EXTRA_CONTROLLER_ARGS]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MSC_")}
+        env = controller_env()
         with self.log_path.open("ab") as log:
             self.spawned_wall = time.time()
             self.spawned = time.perf_counter()
@@ -470,8 +496,13 @@ class Controller:
         except urllib.error.HTTPError as exc:
             return int(exc.code), exc.read().decode(errors="replace")
 
-    async def scrape(self) -> Samples:
-        status, text = await anyio.to_thread.run_sync(self._get, self.metrics_port, "/metrics")
+    async def scrape(self, names: Sequence[str] = ()) -> Samples:
+        """The controller's /metrics; with ``names``, only those families (``name[]``, which a tree or peer
+        without it ignores): a poll every 50 ms must not cost the measured process much (a full scrape of
+        this controller takes about 2 ms of its CPU)."""
+        query = "&".join(f"name[]={n}" for n in names)
+        status, text = await anyio.to_thread.run_sync(self._get, self.metrics_port,
+                                                      f"/metrics?{query}" if query else "/metrics")
         if status != 200:
             raise BenchError(f"{self.name} /metrics answered {status}")
         return [(s.name, dict(s.labels), float(s.value))
@@ -528,6 +559,12 @@ class Controller:
         return self.proc.returncode
 
 
+# What wait_quiet and the side-by-side benchmarks read while they poll (sample names, as name[] wants).
+QUIET_FAMILIES = ("controller_quiescent", "controller_runtime_reconcile_total", "rest_client_requests_total",
+                  "informer_objects",
+                  "workqueue_depth", "controller_runtime_active_workers")
+
+
 async def wait_quiet(ctl: Controller, *, services: int | None = None, quiet_for: float = 2.0,
                      timeout: float = 900.0, lease_renewals: bool = False) -> Samples:
     """Waits until the controller has acted on everything it has seen, and its Service informer holds at
@@ -541,7 +578,7 @@ async def wait_quiet(ctl: Controller, *, services: int | None = None, quiet_for:
     while True:
         if not ctl.alive():
             raise BenchError(f"{ctl.name} exited with {ctl.proc.returncode}: {ctl.tail()}")
-        samples = await ctl.scrape()
+        samples = await ctl.scrape(QUIET_FAMILIES)
         now = time.perf_counter()
         writes = metric(samples, "controller_runtime_reconcile_total") if lease_renewals else api_writes(samples)
         if writes != last_writes:

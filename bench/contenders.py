@@ -30,6 +30,7 @@ class Contender:
     args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     wrapper: tuple[str, ...] = ()  # e.g. ("env", "PYTHONPATH=DIR"): this controller from another tree
+    python: Path | None = None  # that tree's own runtime venv, when its dependencies differ
 
 
 MSC = Contender("msc", "this controller", "msc",
@@ -73,24 +74,48 @@ MEMORY_CONTENDERS = (MSC, CR, CR_PODS, KOPF)
 def baseline() -> Contender | None:
     """This controller from another tree, for a before/after in the same run: ``MSC_BENCH_BASELINE=DIR``
     where DIR holds that tree's ``controller`` package (``git archive <commit> controller | tar -x -C DIR``),
-    run with this venv, first on ``PYTHONPATH``."""
+    run with this venv, first on ``PYTHONPATH``; with that tree's ``pyproject.toml`` beside it (``git archive
+    <commit> controller pyproject.toml``), with a runtime venv of its own dependencies (see
+    ``baseline_python``). ``MSC_BENCH_BASELINE_ARGS`` (space-separated flags) are passed to it: the same tree
+    with other flags is a before/after too."""
     root = os.environ.get("MSC_BENCH_BASELINE")
     if not root or not (Path(root) / "controller").is_dir():
         return None
     name = Path(root).name
-    return Contender("msc-baseline", f"this controller at {name}", "msc",
-                     f"module-service-controller from the tree {name} (MSC_BENCH_BASELINE), defaults, the same "
-                     "venv", wrapper=("env", f"PYTHONPATH={Path(root).resolve()}"))
+    args = tuple(os.environ.get("MSC_BENCH_BASELINE_ARGS", "").split())
+    flags = f" {' '.join(args)}" if args else ", defaults"
+    return Contender("msc-baseline", f"this controller at {name}{' ' + ' '.join(args) if args else ''}", "msc",
+                     f"module-service-controller from the tree {name} (MSC_BENCH_BASELINE){flags}, "
+                     f"{'its own runtime venv' if BASELINE_PYTHON else 'the same venv'}", args=args,
+                     wrapper=("env", f"PYTHONPATH={Path(root).resolve()}"), python=BASELINE_PYTHON)
+
+
+# Set by __main__ when the baseline tree has a pyproject.toml of its own (bench/runtime.py builds its venv).
+BASELINE_PYTHON: Path | None = None
+
+
+# ``python -m bench --contenders msc,cr-tuned``: only these (by key) run; None: all. The reference each
+# ratio is taken to (controller-runtime tuned, or tuned caching Pods) always runs.
+SELECTED: frozenset[str] | None = None
+ALL_KEYS = frozenset(c.key for c in (*BURST_CONTENDERS, *MEMORY_CONTENDERS, FLOOR)) | {"msc-baseline"}
+
+
+def _chosen(contenders: tuple[Contender, ...], reference: Contender) -> tuple[Contender, ...]:
+    return tuple(c for c in contenders if SELECTED is None or c.key in SELECTED or c is reference)
+
+
+def floor_selected() -> bool:
+    return SELECTED is None or FLOOR.key in SELECTED
 
 
 def burst_contenders() -> tuple[Contender, ...]:
     extra = baseline()
-    return (MSC, *(() if extra is None else (extra,)), *BURST_CONTENDERS[1:])
+    return _chosen((MSC, *(() if extra is None else (extra,)), *BURST_CONTENDERS[1:]), CR_TUNED)
 
 
 def memory_contenders() -> tuple[Contender, ...]:
     extra = baseline()
-    return (MSC, *(() if extra is None else (extra,)), *MEMORY_CONTENDERS[1:])
+    return _chosen((MSC, *(() if extra is None else (extra,)), *MEMORY_CONTENDERS[1:]), CR_PODS)
 
 
 def build_peers() -> dict[str, Path]:
@@ -116,7 +141,7 @@ class Process(Controller):
         self.contender = contender
         if contender.kind == "msc":
             super().__init__(kubeconfig, workdir, name, args=contender.args, log_level=log_level,
-                             wrapper=contender.wrapper)
+                             wrapper=contender.wrapper, python=contender.python)
             return
         self.name = name
         self.metrics_port = free_port()
@@ -142,6 +167,13 @@ class Process(Controller):
     @property
     def has_metrics(self) -> bool:
         return self.contender.kind != "kopf"
+
+    def log_event_wall(self, event: str) -> float | None:
+        """Unix time of the first structlog line ``event`` of this controller (``caches_synced``, say)."""
+        for line in self.log_lines():
+            if line.get("event") == event:
+                return parse_timestamp(line.get("timestamp"))
+        return None
 
     def first_reconcile_wall(self) -> float | None:
         """Unix time of the first reconcile, from the log: this controller's first ``reconciled`` line (needs

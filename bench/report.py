@@ -117,7 +117,8 @@ def render(run: Run) -> str:
         "| | |",
         "|---|---|",
     ]
-    for key in ("CPU", "cores", "RAM", "kernel", "Python", "kube-apiserver", "etcd", "controller commit"):
+    for key in ("CPU", "cores", "RAM", "kernel", "Python", "kube-apiserver", "etcd", "controller commit",
+                "controller environment"):
         lines.append(f"| {key} | {facts.get(key, '?')} |")
     waited = f" (waited {run.load_waited:.0f} s for it to drop)" if run.load_waited else ""
     lines.append(f"| load average at start (1/5/15 min) | {' / '.join(f'{x:.2f}' for x in run.load_start)}{waited} |")

@@ -22,7 +22,7 @@ from .moduleservice.mapping import md_keys, md_module, pod_in_scope, pod_modules
 from .moduleservice.metrics import DomainMetrics
 from .moduleservice.reconcile import MD_MODULE_INDEX, POD_MODULE_INDEX, Reconciler
 from .moduleservice.statuswriter import StatusWriter
-from .moduleservice.transforms import slim_md, slim_pod, slim_service
+from .moduleservice.transforms import intern_md, intern_pod, intern_service, slim_md, slim_pod_for, slim_service
 from .runtime.authz import KubeAuthorizer
 from .runtime.clock import SYSTEM_CLOCK, Clock
 from .runtime.events import EventRecorder
@@ -73,7 +73,8 @@ class App:
         self.status_writer = StatusWriter(self.reconciler, on_status_pruned=self.domain_metrics.set_status_pruned)
         self.crd_gate = CrdGate(
             client, profile, notifier=manager.notifier, idle_timeout=config.watch_idle_timeout,
-            make_informers=lambda: self._informers(profile.resource, self.mds, [self.lanes.md_handler], slim_md, None),
+            make_informers=lambda: self._informers(profile.resource, self.mds, [self.lanes.md_handler], slim_md, None,
+                                                   intern=intern_md),
             on_status_pruned=self.status_writer.set_status_pruned, on_served=self.domain_metrics.set_crd_served,
             on_schema_writable=self._refresh_status)
         self.lanes = Lanes(
@@ -87,9 +88,10 @@ class App:
         # tells the reconciler when it has caught up with a write, and a deleted Service's addresses.
         self.service_informers = self._informers(
             SERVICES, self.services, [self.reconciler.service_events, self.lanes.service_handler], slim_service,
-            service_in_scope, on_replaced=lambda: self.lanes.requeue(self.reconciler.services_relisted()))
-        self.pod_informers = self._informers(PODS, self.pods, [self.lanes.pod_handler], slim_pod,
-                                             lambda p: pod_in_scope(p, prefix))
+            service_in_scope, intern=intern_service,
+            on_replaced=lambda: self.lanes.requeue(self.reconciler.services_relisted()))
+        self.pod_informers = self._informers(PODS, self.pods, [self.lanes.pod_handler], slim_pod_for(prefix),
+                                             lambda p: pod_in_scope(p, prefix), intern=intern_pod)
 
         manager.add_server(ProbeServer(config.health_probe_bind_address, manager.healthz, manager.readyz))
         manager.add_server(MetricsServer(
@@ -162,6 +164,7 @@ class App:
 
     def _informers(self, resource: Resource, store: Store, handlers: list[EventHandler],
                    transform: Callable[[JsonObj], JsonObj], keep: Callable[[JsonObj], bool] | None, *,
+                   intern: Callable[[JsonObj], None] | None = None,
                    on_replaced: Callable[[], None] | None = None) -> list[Informer]:
         scopes: list[str | None] = list(self.config.namespaces) or [None]
         return [
@@ -169,7 +172,7 @@ class App:
                      metrics=self.metrics.informer_metrics(resource.plural), clock=self.clock,
                      idle_timeout=self.config.watch_idle_timeout, keep=keep,
                      stream_lists=self.config.streaming_lists, compact_lists=True,  # slim_* return JSON
-                     on_replaced=on_replaced)
+                     intern=intern, on_replaced=on_replaced)
             for ns in scopes
         ]
 

@@ -53,16 +53,25 @@ class Lanes:
         self.max_wait = max_wait
         self._stopped = anyio.Event()
         self._seen: dict[ServiceKey, float] = {}  # key -> when a watch first showed it dirty
+        self._services_ready = services_ready
+        self._was_ready = False
+        # A reconcile that found nothing to do is logged at debug: at start-up every key is one.
         self.services: Controller[ServiceKey] = Controller(
             service_lane, reconciler.reconcile, workers=workers, clock=clock, notifier=notifier,
-            ready=services_ready, on_done=self._service_done, metrics=metrics,
-            queue_metrics=queue_metrics(service_lane))
+            ready=self._services_ready_now, on_done=self._service_done, metrics=metrics,
+            queue_metrics=queue_metrics(service_lane), log_idle=False)
+        # As many workers as the Service lane: the status lane waits for it anyway, and after a restart
+        # every key's status is looked at (and the stale ones written) by this lane.
         self.status: Controller[ServiceKey] = Controller(
-            status_lane, status.reconcile, workers=max(1, workers // 2), clock=clock, notifier=notifier,
+            status_lane, status.reconcile, workers=workers, clock=clock, notifier=notifier,
             ready=status_ready, admit=self._yield_to_services, queue_metrics=queue_metrics(status_lane),
             log_event="status_reconciled", log_idle=False)
-        services = _Enqueue(self.services, self._seen, clock, _svc_keys)
-        status_only = _Enqueue(self.status, None, clock, md_keys)
+        # Our own Service write coming back needs no reconcile (the reconciler tells; it hears each Service
+        # event first).
+        services = _Enqueue(self.services, self._seen, clock, _svc_keys, skip=reconciler.service_events.take_echo)
+        # A status-only update reaches the status lane only if it can change what that lane writes (mostly
+        # it is our own status write coming back).
+        status_only = _Enqueue(self.status, None, clock, md_keys, status.status_update_matters)
         self.md_handler: EventHandler = _Route(_Enqueue(self.services, self._seen, clock, md_keys), status_only,
                                                md_service_change)
         self.service_handler: EventHandler = services
@@ -103,6 +112,17 @@ class Lanes:
         self.services.stop()
         self.status.stop()
 
+    def _services_ready_now(self) -> bool:
+        """The Service lane's gate. Each time it opens (start-up, the CRD back), the keys whose Service is
+        missing go first: a ModuleDeployment created while the process was down (or while its CRD was
+        away) should not wait behind thousands of keys that only need a look."""
+        ready = self._services_ready()
+        if ready and not self._was_ready:
+            moved = self.services.queue.prioritize(lambda key: self._reconciler.service_view(key) is None)
+            log.debug("missing_services_first", keys=moved, queued=len(self.services.queue))
+        self._was_ready = ready
+        return ready
+
     # ------------------------------------------------------------------ between the lanes
     def _service_done(self, done: Done[ServiceKey]) -> None:
         key = done.key
@@ -139,12 +159,16 @@ class _Enqueue:
 
     def __init__(self, controller: Controller[ServiceKey], seen: dict[ServiceKey, float] | None, clock: Clock,
                  keys: Callable[[JsonObj | None, JsonObj | None], Iterable[ServiceKey]],
-                 relevant: Callable[[JsonObj, JsonObj], bool] | None = None) -> None:
+                 relevant: Callable[[JsonObj, JsonObj], bool] | None = None, *,
+                 skip: Callable[[JsonObj], bool] | None = None) -> None:
+        """``relevant(old, new)``: whether an update matters; ``skip(obj)``: an added or updated object
+        that needs no work."""
         self._controller = controller
         self._seen = seen
         self._clock = clock
         self._keys = keys
         self._relevant = relevant
+        self._skip = skip
 
     def _add(self, keys: Iterable[ServiceKey]) -> None:
         now = self._clock.now()
@@ -154,10 +178,11 @@ class _Enqueue:
             self._controller.add(key)
 
     def on_add(self, obj: JsonObj) -> None:
-        self._add(self._keys(None, obj))
+        if self._skip is None or not self._skip(obj):
+            self._add(self._keys(None, obj))
 
     def on_update(self, old: JsonObj, new: JsonObj) -> None:
-        if self._relevant is None or self._relevant(old, new):
+        if (self._skip is None or not self._skip(new)) and (self._relevant is None or self._relevant(old, new)):
             self._add(self._keys(old, new))
 
     def on_delete(self, obj: JsonObj) -> None:

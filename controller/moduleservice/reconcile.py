@@ -24,7 +24,7 @@ from ..runtime.kube.errors import AlreadyExists, ApiError, Conflict, Invalid, No
 from ..runtime.kube.resources import SERVICES
 from ..runtime.leaderelection import NotLeader
 from ..runtime.result import Result
-from ..runtime.store import Store
+from ..runtime.store import Store, resource_version
 from . import reasons
 from .addresses import AddressBook, Addresses, service_addresses
 from .desired import (
@@ -39,8 +39,9 @@ from .desired import (
     parse_module_deployment,
     service_patch,
 )
-from .mapping import ServiceKey, service_key
+from .mapping import ServiceKey
 from .profiles import Profile
+from .servicenews import ServiceNews
 
 __all__ = ["MD_MODULE_INDEX", "POD_MODULE_INDEX", "Inputs", "Reconciler"]
 
@@ -92,7 +93,7 @@ class Reconciler:
         self._expect: Expectations[ServiceKey, JsonObj | None] = Expectations()
         # The addresses of our Services deleted by someone else while still wanted: re-created with them.
         self.addresses: AddressBook[ServiceKey] = AddressBook(clock.now)
-        self.service_events = _ServiceEvents(self)
+        self.service_events = ServiceNews(self.service_changed)
         self._write_errors: dict[ServiceKey, str] = {}
         self._status_due: set[ServiceKey] = set()
         self.fights: FightDetector[ServiceKey] = fights or FightDetector(clock.now)
@@ -231,11 +232,14 @@ class Reconciler:
                 self._deleted_under_us(key, written)
         return keys
 
-    def service_changed(self, key: ServiceKey, deleted: JsonObj | None) -> None:
-        """The Service cache changed ``key`` (``deleted``: the Service it deleted)."""
-        self._expect.observed(key)
+    def service_changed(self, key: ServiceKey, deleted: JsonObj | None, current: JsonObj | None = None) -> bool:
+        """The Service cache changed ``key`` (``deleted``: the Service it deleted; ``current``: the Service it
+        now holds). Returns whether ``current`` is exactly what our last write of the key returned."""
+        token = self._expect.observed(key)
         if deleted is not None:
             self._deleted_under_us(key, deleted)
+        return (current is not None and token is not None and isinstance(token.value, dict)
+                and resource_version(current) != "" and resource_version(current) == resource_version(token.value))
 
     def _deleted_under_us(self, key: ServiceKey, deleted: JsonObj) -> None:
         if not is_managed(deleted, self.profile.group):
@@ -362,26 +366,6 @@ class Reconciler:
 def md_ref(view: ModuleDeploymentView, profile: Profile) -> ObjectRef:
     """The ModuleDeployment an Event is about."""
     return ObjectRef(view.namespace, view.name, view.uid, profile.api_version, MD_KIND)
-
-
-class _ServiceEvents:
-    """The Service informer's news for the reconciler: the cache is current again for a key, and the
-    addresses of a Service of ours that was deleted."""
-
-    def __init__(self, reconciler: Reconciler) -> None:
-        self._reconciler = reconciler
-
-    def on_add(self, obj: JsonObj) -> None:
-        if (key := service_key(obj)) is not None:
-            self._reconciler.service_changed(key, None)
-
-    def on_update(self, old: JsonObj, new: JsonObj) -> None:
-        if (key := service_key(new)) is not None:
-            self._reconciler.service_changed(key, None)
-
-    def on_delete(self, obj: JsonObj) -> None:
-        if (key := service_key(obj)) is not None:
-            self._reconciler.service_changed(key, obj)
 
 
 def _moved(previous: Addresses | None, service: Mapping[str, Any]) -> bool:

@@ -20,8 +20,16 @@ from ..runtime.kube.errors import NotFound
 from ..runtime.result import Result
 from ..runtime.store import resource_version
 from . import reasons
-from .desired import FIELD_MANAGER, ModuleDeploymentView, adoptable, foreign_group, is_managed, module_of_service
-from .mapping import ServiceKey, pod_modules, pod_ready
+from .desired import (
+    FIELD_MANAGER,
+    ModuleDeploymentView,
+    adoptable,
+    foreign_group,
+    is_managed,
+    module_of_service,
+    service_name,
+)
+from .mapping import ServiceKey, md_module, pod_modules, pod_ready
 from .reconcile import MERGE_PATCH, POD_MODULE_INDEX, Reconciler, md_ref
 from .status import Outcome, module_service_status, status_patch
 
@@ -77,6 +85,27 @@ class StatusWriter:
             self._report_by_events(key, views, outcome)
             return _DONE
         return await self._write_statuses(key, views, outcome)
+
+    def status_update_matters(self, old: JsonObj, new: JsonObj) -> bool:
+        """Whether a status-only update of a ModuleDeployment can change what this lane writes. Not when
+        ``status.moduleService`` did not change (someone else's part of the status), nor when it now says
+        exactly what we last wrote (our own write coming back: the key's inputs are what they were, and
+        any other change queues the key through its own event). That echo also ends the wait for it."""
+        before = _module_service(old)
+        after = _module_service(new)
+        if before == after:
+            return False
+        meta = new.get("metadata") or {}
+        key = ServiceKey(str(meta.get("namespace") or ""), service_name(md_module(new)))
+        uid = str(meta.get("uid") or "")
+        pending = self._written.get(key, {})
+        mine = pending.get(uid)
+        if mine is None or not isinstance(after, dict) or _without_transition_times(after) != mine[1]:
+            return True
+        del pending[uid]
+        if not pending:
+            del self._written[key]
+        return False
 
     def set_status_pruned(self, reason: str | None) -> None:
         """Switches status writes off (``reason`` says why) or back on; logs once per change."""
@@ -185,6 +214,20 @@ class StatusWriter:
             self._reported[key] = now
         else:
             self._reported.pop(key, None)
+
+
+def _module_service(md: JsonObj) -> Any:
+    status = md.get("status")
+    return status.get("moduleService") if isinstance(status, dict) else None
+
+
+def _without_transition_times(module_service: dict[str, Any]) -> dict[str, Any]:
+    """``status.moduleService`` as :func:`module_service_status` computes it (the write adds the times)."""
+    conditions = module_service.get("conditions")
+    if not isinstance(conditions, list):
+        return module_service
+    return {**module_service, "conditions": [
+        {k: v for k, v in c.items() if k != "lastTransitionTime"} if isinstance(c, dict) else c for c in conditions]}
 
 
 def _reason(module_service: Any) -> str | None:

@@ -61,9 +61,11 @@ class Expectations(Generic[K, V]):
         if self._entries.get(token.key) is token:
             del self._entries[token.key]
 
-    def observed(self, key: K) -> None:
-        """The cache delivered an event for ``key``: it is current again for that key."""
-        self._entries.pop(key, None)
+    def observed(self, key: K) -> Token[K] | None:
+        """The cache delivered an event for ``key``: it is current again for that key. Returns the
+        expectation that ends (``value`` is what we wrote, or unset while the write is on the wire), so the
+        caller can tell whether the event is that write coming back."""
+        return self._entries.pop(key, None)
 
     def reset(self) -> dict[K, V]:
         """The cache relisted: it is current for every key. Returns what we had written and were still

@@ -1,4 +1,4 @@
-"""The controller's two HTTP endpoints, served by aiohttp on the controller's own event loop.
+"""The controller's two HTTP endpoints, served on the controller's own event loop (``httpserver.py``).
 
 - :class:`ProbeServer`: ``/healthz`` and ``/readyz`` with controller-runtime's ``pkg/healthz`` contract
   (``?verbose``, ``?exclude=<name>``, ``/<endpoint>/<check>``).
@@ -18,20 +18,20 @@ import ipaddress
 import os
 import ssl
 import tempfile
+import zlib
 from collections.abc import Sequence
 from typing import Final
 
 import anyio
 import anyio.to_thread
 import structlog
-from aiohttp import web
-from aiohttp.typedefs import Handler
 from anyio.abc import TaskStatus
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from .authz import Authorizer
 from .health import HealthChecks
+from .httpserver import Request, Response, serve
 
 __all__ = ["MetricsServer", "ProbeServer", "generate_self_signed_cert", "parse_bind"]
 
@@ -53,10 +53,12 @@ def parse_bind(bind: str) -> tuple[str | None, int] | None:
     return (host or None), int(port_text)
 
 
-def _text(status: int, body: str) -> web.Response:
-    return web.Response(
-        status=status, text=body, content_type="text/plain", headers={"X-Content-Type-Options": "nosniff"}
-    )
+def _text(status: int, body: str) -> Response:
+    return Response(status, body.encode(), {"Content-Type": "text/plain; charset=utf-8",
+                                            "X-Content-Type-Options": "nosniff"})
+
+
+_NOT_FOUND = "404: Not Found"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -64,7 +66,7 @@ def _text(status: int, body: str) -> web.Response:
 
 
 class _Server:
-    """Binds one aiohttp app per :meth:`run`; ``port`` is the bound port once started (None if off)."""
+    """Serves one handler per :meth:`run`; ``port`` is the bound port once started (None if off)."""
 
     def __init__(self, bind: str) -> None:
         self._address = parse_bind(bind)  # fails at construction, i.e. during flag validation
@@ -74,11 +76,14 @@ class _Server:
     def enabled(self) -> bool:
         return self._address is not None
 
-    def _app(self) -> web.Application:
+    async def _handle(self, request: Request) -> Response:
         raise NotImplementedError
 
     async def _ssl_context(self) -> ssl.SSLContext | None:
         return None
+
+    def _bound(self, port: int) -> None:
+        self.port = port
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         if self._address is None:
@@ -86,19 +91,11 @@ class _Server:
             return
         host, port = self._address
         ssl_ctx = await self._ssl_context()
-        # handle_signals=False: the manager owns signals; access_log=None: probes every few seconds
-        # would drown the controller's own logs.
-        runner = web.AppRunner(self._app(), access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
         try:
-            await runner.setup()
-            site = web.TCPSite(runner, host, port, ssl_context=ssl_ctx)
-            await site.start()
-            self.port = int(runner.addresses[0][1])
-            task_status.started()
-            await anyio.sleep_forever()
+            # No access log: probes every few seconds would drown the controller's own logs.
+            await serve(self._handle, host, port, ssl_context=ssl_ctx, shutdown_timeout=_SHUTDOWN_TIMEOUT,
+                        on_bound=self._bound, task_status=task_status)
         finally:
-            with anyio.CancelScope(shield=True):
-                await runner.cleanup()
             self.port = None
 
 
@@ -110,33 +107,19 @@ class ProbeServer(_Server):
         self.healthz = healthz
         self.readyz = readyz
 
-    def _app(self) -> web.Application:
-        app = web.Application()
-        for endpoint, checks in (("healthz", self.healthz), ("readyz", self.readyz)):
-            aggregate = _aggregate_handler(checks)
-            app.router.add_get(f"/{endpoint}", aggregate)
-            app.router.add_get(f"/{endpoint}/", aggregate)
-            app.router.add_get(f"/{endpoint}/{{name}}", _single_handler(checks))
-        return app
-
-
-def _aggregate_handler(checks: HealthChecks) -> Handler:
-    async def handle(request: web.Request) -> web.StreamResponse:
-        status, body = checks.render(verbose="verbose" in request.query, exclude=request.query.getall("exclude", []))
-        return _text(status, body)
-
-    return handle
-
-
-def _single_handler(checks: HealthChecks) -> Handler:
-    async def handle(request: web.Request) -> web.StreamResponse:
-        name = request.match_info["name"]
+    async def _handle(self, request: Request) -> Response:
+        endpoint, _, name = request.path.strip("/").partition("/")
+        checks = {"healthz": self.healthz, "readyz": self.readyz}.get(endpoint)
+        if checks is None or "/" in name:
+            return _text(404, _NOT_FOUND)
+        if not name:
+            status, body = checks.render(verbose="verbose" in request.query,
+                                         exclude=request.query.get("exclude", []))
+            return _text(status, body)
         if name not in checks:
             return _text(404, "404 page not found\n")
         reason = checks.run(name)
         return _text(200, "ok") if reason is None else _text(500, f"internal server error: {reason}\n")
-
-    return handle
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -172,38 +155,36 @@ class MetricsServer(_Server):
         self.cert_dir = cert_dir
         self.authorizer = authorizer
 
-    async def _metrics(self, request: web.Request) -> web.StreamResponse:
-        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        # Collected on the loop thread: cheap for our few hundred series, and the asyncio task
-        # gauge needs the running loop.
-        response = web.Response(body=encoder(self.registry), headers={"Content-Type": content_type})
-        response.enable_compression()
-        return response
-
-    def _app(self) -> web.Application:
-        middlewares = []
+    async def _handle(self, request: Request) -> Response:
+        if request.path != "/metrics":
+            return _text(404, _NOT_FOUND)
         authorizer = self.authorizer
         if self.secure and authorizer is not None:
-
-            @web.middleware
-            async def authn_authz(request: web.Request, handler: Handler) -> web.StreamResponse:
-                token = _bearer_token(request.headers.get("Authorization"))
-                if token is None:
-                    return _text(401, "Unauthorized\n")
-                try:
-                    status = await authorizer.authorize(token, request.path, request.method.lower())
-                except Exception as exc:  # an authorizer bug must not turn into an open endpoint
-                    log.warning("metrics authorization failed", error=type(exc).__name__)
-                    status = 500
-                if status != 200:
-                    return _text(status, {401: "Unauthorized\n", 403: "Forbidden\n"}.get(
-                        status, "Internal Server Error\n"))
-                return await handler(request)
-
-            middlewares.append(authn_authz)
-        app = web.Application(middlewares=middlewares)
-        app.router.add_get("/metrics", self._metrics)
-        return app
+            token = _bearer_token(request.headers.get("authorization"))
+            if token is None:
+                return _text(401, "Unauthorized\n")
+            try:
+                status = await authorizer.authorize(token, request.path, request.method.lower())
+            except Exception as exc:  # an authorizer bug must not turn into an open endpoint
+                log.warning("metrics authorization failed", error=type(exc).__name__)
+                status = 500
+            if status != 200:
+                return _text(status, {401: "Unauthorized\n", 403: "Forbidden\n"}.get(
+                    status, "Internal Server Error\n"))
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        # ``?name[]=a&name[]=b``: only those families (prometheus_client's own server does the same), so a
+        # frequent poll of one gauge does not pay for every family.
+        names = request.query.get("name[]", [])
+        registry = self.registry.restricted_registry(names) if names else self.registry
+        # Collected on the loop: cheap for our few hundred series, and the asyncio task gauge needs the
+        # running loop.
+        body = encoder(registry)
+        headers = {"Content-Type": content_type}
+        if "gzip" in request.headers.get("accept-encoding", ""):
+            gz = zlib.compressobj(6, zlib.DEFLATED, 31)
+            body = gz.compress(body) + gz.flush()
+            headers["Content-Encoding"] = "gzip"
+        return Response(200, body, headers)
 
     async def _ssl_context(self) -> ssl.SSLContext | None:
         if not self.secure:

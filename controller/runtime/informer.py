@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 import anyio
+import anyio.lowlevel
 import structlog
 from anyio.abc import TaskStatus
 
@@ -39,7 +40,17 @@ from .kube.client import JsonObj, KubeClient
 from .kube.errors import ApiError, Gone, KubeError, TooManyRequests, TransportError, WatchStalled
 from .kube.resources import Resource
 from .listing import LIST_TIMEOUT, list_all
-from .store import EventHandler, Store, apply, compacted, object_key, replace, resource_version, strip_managed_fields
+from .store import (
+    EventHandler,
+    Store,
+    apply,
+    compacted,
+    object_key,
+    replace,
+    replace_steps,
+    resource_version,
+    strip_managed_fields,
+)
 
 __all__ = ["Informer", "InformerMetrics"]
 
@@ -107,6 +118,7 @@ class Informer:
         stream_lists: bool = False,
         field_selector: str | None = None,
         compact_lists: bool = False,
+        intern: Callable[[JsonObj], None] | None = None,
         on_replaced: Callable[[], None] | None = None,
         clock: Clock = SYSTEM_CLOCK,
         backoff: Backoff | None = None,
@@ -129,6 +141,7 @@ class Informer:
         # The transform returns plain JSON (dicts, lists, strings, numbers, booleans, None), so a list's
         # kept objects may be re-created side by side (see _compacted).
         self.compact_lists = compact_lists
+        self.intern = intern  # interns a transformed object's repeated strings again after compaction
         # Called after every full list has been synced into the store (the first one and each relist):
         # a relist reports only differences, so whoever remembers something the store did not show yet
         # (a write not yet seen, say) must learn that the store is current again.
@@ -332,8 +345,14 @@ class Informer:
             self.client, self.resource.path(self.namespace), self._list_params(), kind=self.resource.kind,
             transform=self.transform, keep=self.keep, on_page=self._turn)
         if self.compact_lists and len(items) >= self.page_size:
-            items = compacted(items)
-        self._replace(items)
+            items = compacted(items, self.intern)
+        # In steps: a list of tens of thousands must not hold up the other informers' handlers and the
+        # workers (a Service lane that could already create a missing Service) until it is all stored.
+        for _ in replace_steps(self.store, items, self.handlers, self._in_scope):
+            await anyio.lowlevel.checkpoint()
+        self.metrics.objects(len(self.store))
+        if self.on_replaced is not None:
+            self.on_replaced()
         self.resource_version = list_rv
         self._silent_watches = 0
         self._alive()

@@ -1,7 +1,7 @@
 """structlog configuration: JSON lines by default (one canonical line per reconcile), console for humans.
 
-Standard-library records (aiohttp, kubernetes-asyncio) go through ``ProcessorFormatter`` so every line
-on stdout has the same shape.
+Standard-library records (asyncio's, say) go through ``ProcessorFormatter`` so every line on stdout has
+the same shape.
 """
 
 from __future__ import annotations
@@ -44,5 +44,3 @@ def configure(*, json: bool = True, level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(lvl)
-    # aiohttp's access log would add a line per scrape; keep it quiet unless debugging.
-    logging.getLogger("aiohttp.access").setLevel(max(lvl, logging.WARNING))

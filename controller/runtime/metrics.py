@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import (
     REGISTRY,
@@ -326,15 +326,17 @@ class Metrics:
 
     def _init_series(self) -> None:
         c = self.controller
-        for result in RECONCILE_RESULTS:
-            self.reconcile_total.labels(controller=c, result=result)
-        self.reconcile_errors.labels(controller=c)
+        # Children bound once: ``labels()`` on every reconcile and request costs more than the update.
+        self._reconcile_children = {result: self.reconcile_total.labels(controller=c, result=result)
+                                    for result in RECONCILE_RESULTS}
+        self._reconcile_errors = self.reconcile_errors.labels(controller=c)
+        self._reconcile_time = self.reconcile_time.labels(controller=c)
+        self._active_workers = self.active_workers.labels(controller=c)
+        self._convergence = self.convergence_seconds.labels(controller=c)
+        self._requests: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self.terminal_reconcile_errors.labels(controller=c)
         self.reconcile_panics.labels(controller=c)
-        self.reconcile_time.labels(controller=c)
-        self.active_workers.labels(controller=c)
         self.max_concurrent_reconciles.labels(controller=c)
-        self.convergence_seconds.labels(controller=c)
 
     # --- adapters ---------------------------------------------------------------------------------------
     def queue_metrics(self, name: str) -> QueueMetricsAdapter:
@@ -352,13 +354,13 @@ class Metrics:
     # --- reconcile worker ---------------------------------------------------------------------------
     def reconcile_result(self, result: str, seconds: float) -> None:
         """One finished reconcile: result is one of RECONCILE_RESULTS; time is observed for all."""
-        if result not in RECONCILE_RESULTS:
+        child = self._reconcile_children.get(result)
+        if child is None:
             raise ValueError(f"unknown reconcile result {result!r}")
-        c = self.controller
-        self.reconcile_total.labels(controller=c, result=result).inc()
+        child.inc()
         if result == "error":
-            self.reconcile_errors.labels(controller=c).inc()
-        self.reconcile_time.labels(controller=c).observe(seconds)
+            self._reconcile_errors.inc()
+        self._reconcile_time.observe(seconds)
 
     def terminal_error(self) -> None:
         """A non-retried error; report it with ``reconcile_result("error", ...)`` as well."""
@@ -369,22 +371,26 @@ class Metrics:
         self.reconcile_panics.labels(controller=self.controller).inc()
 
     def worker_active(self, delta: int) -> None:
-        self.active_workers.labels(controller=self.controller).inc(delta)
+        self._active_workers.inc(delta)
 
     def max_concurrent(self, n: int) -> None:
         self.max_concurrent_reconciles.labels(controller=self.controller).set(n)
 
     def convergence(self, seconds: float) -> None:
-        self.convergence_seconds.labels(controller=self.controller).observe(seconds)
+        self._convergence.observe(seconds)
 
     # --- REST ---------------------------------------------------------------------------------------------
     def observe_request(self, verb: str, code: str, seconds: float, host: str) -> None:
         """One API request. ``code`` is the HTTP status or ``"<error>"``; WATCH counts as a request but
         stays out of the latency histogram (a watch lives for minutes by design)."""
-        verb = verb.upper()
-        self.rest_requests.labels(code=code, method=verb, host=host).inc()
-        if verb != "WATCH":
-            self.rest_duration.labels(verb=verb, host=host).observe(seconds)
+        if (children := self._requests.get((verb, code, host))) is None:
+            upper = verb.upper()
+            children = self._requests[(verb, code, host)] = (
+                self.rest_requests.labels(code=code, method=upper, host=host),
+                None if upper == "WATCH" else self.rest_duration.labels(verb=upper, host=host))
+        children[0].inc()
+        if children[1] is not None:
+            children[1].observe(seconds)
 
     # --- leader election ----------------------------------------------------------------------------------
     def init_leader(self, name: str) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -246,6 +246,15 @@ class WorkQueue(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._queue)
+
+    def prioritize(self, first: Callable[[T], bool]) -> int:
+        """Moves the ready items for which ``first`` holds to the front, each group in its order; returns
+        how many moved. Not in client-go: lets an owner put the urgent part of a backlog first."""
+        urgent = [item for item in self._queue if first(item)]
+        if urgent and len(urgent) < len(self._queue):
+            rest = [item for item in self._queue if not first(item)]
+            self._queue = deque(urgent + rest)
+        return len(urgent)
 
     def handed_out_added_at(self, item: T) -> float | None:
         """For an item now being processed: clock time it was first added (or became ready)."""

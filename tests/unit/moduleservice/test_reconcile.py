@@ -275,6 +275,70 @@ class TestStatusBookkeeping:
         assert len(w.client.writes("PATCH", "/status")) == 1
 
 
+class TestServiceEcho:
+    """Our own Service write coming back on the watch needs no Service reconcile; anything else does."""
+
+    async def test_only_the_object_our_write_returned_is_an_echo(self) -> None:
+        w = World()
+
+        async def answer(method: str, path: str, body: Any) -> JsonObj | None:
+            out = copy.deepcopy(body)
+            out["metadata"].update(resourceVersion="5", uid="svc-uid")
+            return cast(JsonObj, out)
+
+        w.client.hook = answer
+        w.mds.upsert(md("a"))
+        await w.reconcile(KEY)
+        (posted,) = w.client.writes("POST")
+        created = copy.deepcopy(posted)
+        created["metadata"].update(resourceVersion="5", uid="svc-uid")
+        news = w.reconciler.service_events
+        w.services.upsert(created)  # the watch delivers our create
+        assert news.take_echo(created)
+        assert not news.take_echo(created), "told once, for the event being delivered"
+        edited = copy.deepcopy(created)
+        edited["metadata"]["resourceVersion"] = "6"
+        edited["spec"]["selector"] = {"app": "other"}
+        w.services.upsert(edited)  # someone else's edit after ours
+        assert not news.take_echo(edited)
+        w.services.delete(f"{NS}/m-service")
+        assert not news.take_echo(edited)
+
+
+class TestStatusEcho:
+    """A status-only update reaches the status lane only when it can change what that lane writes."""
+
+    async def test_our_own_write_coming_back_is_skipped_and_ends_the_wait(self) -> None:
+        w = World()
+        w.mds.upsert(md("a"))
+        await w.status.reconcile(KEY)
+        (patch,) = w.client.writes("PATCH", "/status")
+        old = w.mds.get(f"{NS}/a")
+        assert old is not None
+        echo = {**md("a", rv="2"), "status": patch["status"]}
+        assert w.status.pending_writes == 1
+        assert not w.status.status_update_matters(old, echo)
+        assert w.status.pending_writes == 0  # the cache shows it now: nothing left to wait for
+
+    async def test_someone_elses_change_of_our_field_matters(self) -> None:
+        w = World()
+        w.mds.upsert(md("a"))
+        await w.status.reconcile(KEY)
+        (patch,) = w.client.writes("PATCH", "/status")
+        written = {**md("a", rv="2"), "status": patch["status"]}
+        edited = copy.deepcopy(written)
+        edited["status"]["moduleService"]["port"] = 1
+        assert w.status.status_update_matters(written, edited)
+        # Without a write of ours pending (a restart), any change of our field matters too.
+        assert StatusWriter(w.reconciler).status_update_matters(md("a"), written)
+
+    async def test_the_rest_of_the_status_does_not_matter(self) -> None:
+        w = World()
+        theirs = {**md("a", rv="2"), "status": {"moduleService": {"port": 8080}, "releaseStatus": {"x": 1}}}
+        moved = {**md("a", rv="3"), "status": {"moduleService": {"port": 8080}, "releaseStatus": {"x": 2}}}
+        assert not w.status.status_update_matters(theirs, moved)
+
+
 def recorded(w: World) -> list[tuple[str, str, int]]:
     """(type, reason, count) of every Event waiting in the recorder."""
     return [(type_, reason, count) for type_, reason, _, count in w.events.waiting()]

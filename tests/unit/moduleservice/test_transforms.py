@@ -10,7 +10,7 @@ import pytest
 
 from controller.moduleservice.desired import desired_service, is_managed, parse_module_deployment, service_patch
 from controller.moduleservice.mapping import md_module, pod_keys, pod_ready
-from controller.moduleservice.transforms import slim_md, slim_pod, slim_service
+from controller.moduleservice.transforms import slim_md, slim_pod_for, slim_service
 from tests.harness import SEED_MD
 
 SEED_GROUP = "koupleless.alipay.com"
@@ -80,17 +80,35 @@ class TestSlimService:
 
 
 class TestSlimPod:
-    def test_keeps_labels_readiness_and_ip(self) -> None:
+    def test_keeps_module_labels_and_readiness(self) -> None:
         pod = {
             "metadata": {"name": "p", "namespace": "ns", "uid": "u", "resourceVersion": "3",
-                         "labels": {f"{PREFIX}m": "true"}, "annotations": {"a": "b"}},
+                         "labels": {f"{PREFIX}m": "true", "app": "base", "pod-template-hash": "abc"},
+                         "annotations": {"a": "b"}},
             "spec": {"containers": [{"name": "c", "image": "i"}]},
             "status": {"podIP": "10.1.2.3", "conditions": [
-                {"type": "Initialized", "status": "True"}, {"type": "Ready", "status": "True"}]},
+                {"type": "Initialized", "status": "True"},
+                {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}]},
         }
-        slim = slim_pod(copy.deepcopy(pod))
+        slim = slim_pod_for(PREFIX)(copy.deepcopy(pod))
         assert pod_keys(None, slim, PREFIX) == pod_keys(None, pod, PREFIX)
         assert pod_ready(slim) is pod_ready(pod) is True
-        assert slim["status"] == {"conditions": [{"type": "Ready", "status": "True"}], "podIP": "10.1.2.3"}
+        assert slim["status"] == {"conditions": [{"type": "Ready", "status": "True"}]}
+        assert slim["metadata"]["labels"] == {f"{PREFIX}m": "true"}
         assert "spec" not in slim
         assert "annotations" not in slim["metadata"]
+
+    def test_without_a_ready_condition_no_status_is_kept(self) -> None:
+        pod = {"metadata": {"name": "p", "namespace": "ns", "labels": {f"{PREFIX}m": "true"}},
+               "status": {"phase": "Pending"}}
+        slim = slim_pod_for(PREFIX)(copy.deepcopy(pod))
+        assert "status" not in slim
+        assert pod_ready(slim) is pod_ready(pod) is False
+
+    def test_repeated_strings_are_shared(self) -> None:
+        def make() -> dict[str, Any]:
+            return {"metadata": {"name": "p", "namespace": "".join(["n", "s"]),
+                                 "labels": {f"{PREFIX}m": "".join(["tr", "ue"])}}}
+        a, b = slim_pod_for(PREFIX)(make()), slim_pod_for(PREFIX)(make())
+        assert a["metadata"]["labels"][f"{PREFIX}m"] is b["metadata"]["labels"][f"{PREFIX}m"]
+        assert a["metadata"]["namespace"] is b["metadata"]["namespace"]

@@ -135,12 +135,18 @@ class FakeEventsApi:
         self.events: dict[str, JsonObj] = {}
         self.gate: anyio.Event | None = None
         self.at_gate = 0  # requests that reached the gate
+        self.in_flight: list[str] = []  # Event names on the wire now
 
     async def request(self, method: str, path: str, *, params: Any = None, body: Any = None,
                       content_type: str = "application/json", timeout: float | None = None) -> JsonObj:
-        if self.gate is not None:
-            self.at_gate += 1
-            await self.gate.wait()
+        name = body["metadata"]["name"] if method == "POST" else path.rsplit("/", 1)[1]
+        self.in_flight.append(name)
+        try:
+            if self.gate is not None:
+                self.at_gate += 1
+                await self.gate.wait()
+        finally:
+            self.in_flight.remove(name)
         self.calls.append((method, path, copy.deepcopy(body)))
         if method == "POST":
             self.events[body["metadata"]["name"]] = copy.deepcopy(body)
@@ -226,6 +232,29 @@ class TestRecorder:
         assert before <= asked[0] <= after
         assert asked[1] >= asked[0], "the second event waits from its own record time"
         assert [b["message"] for _, _, b in api.calls] == ["one", "two"]
+
+    async def test_several_go_out_at_once_but_one_event_never_twice(self) -> None:
+        api = FakeEventsApi()
+        api.gate = anyio.Event()
+        rec = EventRecorder(cast(KubeClient, api), senders=3)
+        refs = [ObjectRef("ns", f"md-{i}", f"uid-{i}", "example.com/v1", "ModuleDeployment") for i in range(5)]
+        async with anyio.create_task_group() as tg:
+            await tg.start(rec.run)
+            for ref in refs:
+                rec.record(ref, "Normal", "ServiceCreated", "created")
+            with anyio.fail_after(10):
+                while api.at_gate < 3:
+                    await anyio.sleep(0.001)
+            rec.record(refs[0], "Normal", "ServiceCreated", "created")  # a repeat of one on the wire
+            await anyio.wait_all_tasks_blocked()
+            assert len(api.in_flight) == 3, "three senders, three Events on the wire"
+            assert len(set(api.in_flight)) == 3
+            api.gate.set()
+            await drain(rec)
+            tg.cancel_scope.cancel()
+        assert sorted(m for m, _, _ in api.calls) == ["PATCH"] + ["POST"] * 5
+        assert [m for m, p, b in api.calls if "md-0." in p or (b.get("metadata") or {}).get("name", "")
+                .startswith("md-0.")] == ["POST", "PATCH"], "the repeat waits for its create"
 
     async def test_expired_event_is_created_again(self) -> None:
         api = FakeEventsApi()

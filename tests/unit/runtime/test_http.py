@@ -146,6 +146,12 @@ async def test_metrics_plain() -> None:
                 assert (await resp.text()).endswith("# EOF\n")
             async with session.get(f"http://127.0.0.1:{server.port}/other") as resp:
                 assert resp.status == 404
+            # name[] serves only the families asked for.
+            async with session.get(f"{url}?name[]=controller_runtime_reconcile_total") as resp:
+                only = await resp.text()
+            assert f"{series} 1.0" in only
+            assert "moduleservice_asyncio_tasks" not in only
+            assert "workqueue_depth" not in only
         tg.cancel_scope.cancel()
 
 

@@ -27,7 +27,7 @@ from controller.runtime.kube.config import Configuration
 from controller.runtime.kube.errors import Gone, ServerError, TransportError, WatchStalled
 from controller.runtime.kube.resources import PODS
 from controller.runtime.listing import list_all
-from controller.runtime.store import Store, object_key, strip_managed_fields
+from controller.runtime.store import Store, object_key, replace_steps, strip_managed_fields
 
 NS = "ns"
 PATH = PODS.path(NS)
@@ -738,6 +738,15 @@ class TestStore:
         assert "managedFields" not in strip_managed_fields(obj)["metadata"]
         assert strip_managed_fields({"kind": "Pod"}) == {"kind": "Pod"}
         assert strip_managed_fields({"metadata": None}) == {"metadata": None}
+
+    def test_replace_in_steps_pauses_every_step_and_ends_like_one_replace(self) -> None:
+        store = Store()
+        store.upsert({"metadata": {"name": "gone", "namespace": "ns", "resourceVersion": "1"}})
+        items = [{"metadata": {"name": f"o{i}", "namespace": "ns", "resourceVersion": "1"}} for i in range(1050)]
+        pauses = sum(1 for _ in replace_steps(store, items, [], lambda key: True, step=500))
+        assert pauses == 2
+        assert len(store) == 1050
+        assert store.get("ns/gone") is None
 
     def test_by_index_after_add_update_delete(self) -> None:
         store = Store({"module": modules_of})

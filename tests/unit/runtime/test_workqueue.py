@@ -498,3 +498,13 @@ class TestRateLimiters:
         assert limiter.num_requeues("a") == 2
         limiter.forget("a")
         assert limiter.num_requeues("a") == 0
+
+
+@pytest.mark.asyncio
+async def test_prioritize_moves_the_urgent_items_first_keeping_each_groups_order() -> None:
+    q: WorkQueue[int] = WorkQueue()
+    for i in range(10):
+        q.add(i)
+    assert q.prioritize(lambda i: i % 3 == 0) == 4
+    assert q.prioritize(lambda i: i > 100) == 0
+    assert [await q.get() for _ in range(10)] == [0, 3, 6, 9, 1, 2, 4, 5, 7, 8]
