@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable
-from typing import Protocol
 
 import anyio
 import anyio.lowlevel
@@ -36,6 +35,7 @@ from anyio.abc import TaskStatus
 
 from .backoff import Backoff
 from .clock import SYSTEM_CLOCK, Clock
+from .informermetrics import InformerMetrics, NoInformerMetrics
 from .kube.client import JsonObj, KubeClient
 from .kube.errors import ApiError, Gone, KubeError, TooManyRequests, TransportError, WatchStalled
 from .kube.resources import Resource
@@ -75,28 +75,6 @@ class _NotStreaming(Exception):
         self.permanent = permanent
 
 
-class InformerMetrics(Protocol):
-    def list(self) -> None: ...
-    def watch_start(self) -> None: ...
-    def relist(self, reason: str) -> None: ...
-    def gone(self) -> None: ...
-    def watch_error(self, kind: str) -> None: ...
-    def event(self, type: str) -> None: ...
-    def objects(self, n: int) -> None: ...
-    def synced(self, b: bool) -> None: ...
-
-
-class _NoMetrics:
-    def list(self) -> None: ...
-    def watch_start(self) -> None: ...
-    def relist(self, reason: str) -> None: ...
-    def gone(self) -> None: ...
-    def watch_error(self, kind: str) -> None: ...
-    def event(self, type: str) -> None: ...
-    def objects(self, n: int) -> None: ...
-    def synced(self, b: bool) -> None: ...
-
-
 class Informer:
     """List-watch one resource (in one namespace, or all) into a Store and notify handlers."""
 
@@ -131,7 +109,7 @@ class Informer:
         self.namespace = namespace or None
         self.handlers = list(handlers)
         self.transform = transform
-        self.metrics: InformerMetrics = metrics or _NoMetrics()
+        self.metrics: InformerMetrics = metrics or NoInformerMetrics()
         self.page_size = page_size
         self.idle_timeout = idle_timeout
         self.min_watch_timeout = min_watch_timeout
