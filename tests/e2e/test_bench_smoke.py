@@ -81,8 +81,12 @@ def test_bench_smoke_side_by_side_with_the_peers(tmp_path: Path) -> None:
                   "kopf, defaults"):
         assert memory[f"process start → first reconcile: {label}"] > 0
         assert memory[f"RSS once quiet: {label}"] > memory[f"RSS at empty start: {label}"] * 0.5
-    # A converged cluster needs no write from a controller that compares before it writes.
-    assert memory["API writes until quiet after start: this controller"] == 0
-    assert memory["API writes until quiet after start: controller-runtime, tuned, caching Pods too"] == 0
+    # Each start finds one ModuleDeployment created while the process was down and, for this controller, some
+    # statuses made stale by Pods deleted (or created again) meanwhile. A controller that compares before it
+    # writes writes exactly that: the late one's Service (and its status and Event), and each stale status once.
+    stale = int(results["vs-memory"]["facts"]["stale statuses at each start of this controller"].split()[0])
+    assert stale > 0
+    assert memory["API writes until quiet after start: this controller"] == 3 + stale
+    assert memory["API writes until quiet after start: controller-runtime, tuned, caching Pods too"] == 1
     table = out.read_text()
     assert "configuration of 'controller-runtime, defaults': controller-runtime v0.24.1" in table
