@@ -13,7 +13,6 @@ Run: ``kopf run --standalone --all-namespaces peer.py`` with ``KUBECONFIG`` set.
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 from typing import Any
@@ -33,13 +32,19 @@ _first = threading.Lock()
 _first_done = False
 
 
+def _say(line: str) -> None:
+    """One JSON line on stderr in one write(2): print() writes the text and its newline apart, and kopf's log
+    lines from the event-loop thread got in between, so the benchmark never saw the line."""
+    os.write(2, (line + "\n").encode())
+
+
 def _first_reconcile() -> None:
     """For the start-up benchmark: the wall time of the first reconcile, one line on stderr."""
     global _first_done
     with _first:
         if not _first_done:
             _first_done = True
-            print(f'{{"msg":"first_reconcile","unix":{time.time():.6f}}}', file=sys.stderr, flush=True)
+            _say(f'{{"msg":"first_reconcile","unix":{time.time():.6f}}}')
 
 
 @kopf.on.startup()
@@ -52,8 +57,8 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     else:
         kubernetes.config.load_kube_config()
     _api = kubernetes.client.CoreV1Api()
-    print(f'{{"msg":"config","tuned":{str(TUNED).lower()},"posting_loggers":{str(settings.posting.loggers).lower()},'
-          f'"max_workers":{settings.execution.max_workers or "null"}}}', file=sys.stderr, flush=True)
+    _say(f'{{"msg":"config","tuned":{str(TUNED).lower()},"posting_loggers":{str(settings.posting.loggers).lower()},'
+         f'"max_workers":{settings.execution.max_workers or "null"}}}')
 
 
 def _service(body: Any, module: str, port: int, target: int | str) -> dict[str, Any]:
